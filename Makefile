@@ -1,0 +1,32 @@
+# The README's commands. Each target sets up what it needs first (a local .venv, an editable
+# install with the dev extra, the python3 Jupyter kernel), so each works on a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup notebooks test lab clean-runs
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (pruning)" > /dev/null
+	touch $(STAMP)
+
+## the main job: every numbered notebook in order, headless, quick profile; executed copies in runs/
+notebooks: setup
+	$(PY) -m pruning_utils.notebooks --profile quick
+
+## unit tests, every notebook under papermill with tiny parameters, nbval over the committed notebooks
+test: setup
+	$(PY) -m pytest
+
+## JupyterLab on the notebooks
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean-runs:
+	rm -rf runs figures/quick

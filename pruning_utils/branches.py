@@ -1,0 +1,416 @@
+"""Parallel branches (METHOD.md): read a model as a chain of units and put a small branch beside each.
+
+A unit is one linear operator (Conv2d, ConvTranspose2d, Linear) plus the channel-wise post-ops
+after it. :func:`attach_branches` replaces each chosen unit by a :class:`BranchedUnit` computing
+``alpha * unit(x) + (1 - alpha) * E(branch(x))``; the post-ops' old places hold ``nn.Identity``.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import torch
+import torch.fx
+from torch import nn
+
+LINEAR_TYPES = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+POST_OP_TYPES = (
+    nn.BatchNorm1d, nn.BatchNorm2d,
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardtanh,
+    nn.Mish, nn.Softplus,
+    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
+    nn.Identity,
+)
+RESHAPE_TYPES = (nn.Flatten,)
+RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape}
+RESHAPE_METHODS = {"flatten", "view", "reshape", "contiguous"}
+SHAPE_QUERIES = {"size", "dim"}
+INITS = ("he", "l1")
+
+
+class UnsupportedModelError(ValueError):
+    """The model is not a chain of units this module can branch and fold; the message names the place."""
+
+
+# --------------------------------------------------------------------------------------------
+# Reading a model as a chain of units
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Unit:
+    """A linear operator (module name ``name``) and the names of the channel-wise post-ops after it."""
+
+    name: str
+    post_ops: list[str] = field(default_factory=list)
+    next_linear: str | None = None
+    between: list[str] = field(default_factory=list)  # reshapes standing between this unit and next_linear
+
+
+def _is_shape_query(node: torch.fx.Node) -> bool:
+    return (node.op == "call_method" and node.target in SHAPE_QUERIES) or (
+        node.op == "call_function" and node.target is getattr and node.args[1] in ("shape", "ndim"))
+
+
+def _step_kind(node: torch.fx.Node, root: nn.Module) -> tuple[str, str]:
+    """('linear' | 'post' | 'reshape', name) for one node of the traced forward, or raise."""
+    if node.op == "call_module":
+        module = root.get_submodule(node.target)
+        if isinstance(module, LINEAR_TYPES):
+            return "linear", node.target
+        if isinstance(module, POST_OP_TYPES):
+            return "post", node.target
+        if isinstance(module, RESHAPE_TYPES):
+            return "reshape", node.target
+        raise UnsupportedModelError(
+            f"layer {node.target!r} ({type(module).__name__}) is not supported: units are Conv2d, ConvTranspose2d "
+            f"or Linear followed by channel-wise post-ops ({', '.join(t.__name__ for t in POST_OP_TYPES[:4])}, "
+            f"activations, pooling, dropout, upsampling). Exclude the units around it or replace the layer.")
+    if (node.op == "call_function" and node.target in RESHAPE_FUNCTIONS) or (
+            node.op == "call_method" and node.target in RESHAPE_METHODS):
+        return "reshape", node.name
+    if node.op == "get_attr":
+        raise UnsupportedModelError(
+            f"the forward reads the tensor {node.target!r} directly; only chains of torch.nn layers are supported")
+    what = getattr(node.target, "__name__", str(node.target))
+    raise UnsupportedModelError(
+        f"operation {what!r} (graph node {node.name!r}) is not supported in a prunable chain: use torch.nn "
+        f"modules (e.g. nn.ReLU instead of F.relu) and no branch-and-merge (additions, concatenations)")
+
+
+def trace_chain(model: nn.Module) -> list[tuple[str, str]]:
+    """The forward of ``model`` as an ordered list of (kind, name); raise if it is not a single chain."""
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception as err:
+        raise UnsupportedModelError(
+            f"could not trace {type(model).__name__} with torch.fx ({err}); its forward must be a plain chain of layers"
+        ) from err
+    steps: list[tuple[str, str]] = []
+    previous = None
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            if previous is not None:
+                raise UnsupportedModelError("the model takes more than one input; only single-input chains are supported")
+            previous = node
+            continue
+        if _is_shape_query(node):
+            continue
+        if node.op == "output":
+            if node.args[0] is not previous:
+                raise UnsupportedModelError("the model's output is not the last layer's output (not a chain)")
+            break
+        data_inputs = [a for a in node.all_input_nodes if not _is_shape_query(a)]
+        if data_inputs != [previous]:
+            raise UnsupportedModelError(
+                f"graph node {node.name!r} (target {node.target!r}) does not take exactly the previous layer's output: "
+                f"branch-and-merge structures (residuals, concatenations) are not supported")
+        users = [u for u in previous.users if not _is_shape_query(u)]
+        if len(users) > 1:
+            raise UnsupportedModelError(
+                f"the output of {previous.name!r} feeds {len(users)} layers ({', '.join(u.name for u in users)}): "
+                f"branch-and-merge structures are not supported")
+        steps.append(_step_kind(node, model))
+        previous = node
+    return steps
+
+
+def find_units(model: nn.Module) -> list[Unit]:
+    """All units of ``model`` in forward order; each knows the linear operator that consumes its output."""
+    units: list[Unit] = []
+    seen: set[str] = set()
+    current: Unit | None = None
+    for kind, name in trace_chain(model):
+        if kind in ("linear", "post") and name in seen:
+            raise UnsupportedModelError(
+                f"module {name!r} is called at more than one place in the forward; give each place its own module")
+        seen.add(name)
+        if kind == "linear":
+            if units:
+                units[-1].next_linear = name
+            current = Unit(name)
+            units.append(current)
+        elif kind == "post" and current is not None and not current.between:
+            current.post_ops.append(name)
+        elif kind == "post" and current is not None:
+            current.between.append(name)
+        elif kind == "reshape" and current is not None:
+            current.between.append(name)
+    return units
+
+
+def prunable_units(model: nn.Module) -> list[Unit]:
+    """Units that can get a branch: every unit but the last (whose width is fixed by the task)."""
+    return find_units(model)[:-1]
+
+
+# --------------------------------------------------------------------------------------------
+# The branched unit
+# --------------------------------------------------------------------------------------------
+class BranchedUnit(nn.Module):
+    """``alpha * original(x) + (1 - alpha) * expand(branch(x))``.
+
+    ``alpha`` is a buffer (saved in state_dicts); a Python copy of it decides, without a device
+    sync, which paths run: at alpha = 1 only the original, at alpha = 0 only the branch.
+    """
+
+    def __init__(self, original: nn.Sequential, branch: nn.Sequential, expand: nn.Module):
+        super().__init__()
+        self.original = original
+        self.branch = branch
+        self.expand = expand
+        self.register_buffer("alpha", torch.ones(()))
+        self.alpha_value = 1.0
+        self.original_frozen = False
+        self.placeholders: list[str] = []  # where the post-ops stood (now nn.Identity), set by attach_branches
+        self.successor: str | None = None  # the linear layer that consumes this unit's output
+        self.register_load_state_dict_post_hook(BranchedUnit._sync_alpha)
+
+    @staticmethod
+    def _sync_alpha(module: "BranchedUnit", _incompatible) -> None:
+        module.alpha_value = float(module.alpha)
+
+    @property
+    def kept(self) -> int:
+        """Channels the branch keeps (k)."""
+        return self.expand.in_channels if isinstance(self.expand, nn.Conv2d) else self.expand.in_features
+
+    def set_alpha(self, alpha: float) -> None:
+        self.alpha.fill_(alpha)
+        self.alpha_value = float(alpha)
+
+    def pruned(self, x: torch.Tensor) -> torch.Tensor:
+        """The branch path alone: expand(branch(x))."""
+        return self.expand(self.branch(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.alpha_value
+        if a == 1.0:
+            return self.original(x)
+        if a == 0.0:
+            return self.pruned(x)
+        return torch.lerp(self.pruned(x), self.original(x), a)
+
+    def train(self, mode: bool = True) -> "BranchedUnit":
+        super().train(mode)
+        if self.original_frozen:
+            self.original.eval()
+        return self
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha_value:g}, kept={self.kept}"
+
+
+def branched_units(model: nn.Module) -> dict[str, BranchedUnit]:
+    """The model's branched units by module name, in registration order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, BranchedUnit)}
+
+
+def kept_channels(channels: int, ratio: float, multiple: int = 1) -> int:
+    """k = max(1, floor(ratio * channels)), rounded to ``multiple`` (at most ``channels``) when it is above 1."""
+    k = max(1, math.floor(ratio * channels + 1e-9))
+    if multiple > 1:
+        k = min(channels, max(multiple, multiple * round(k / multiple)))
+    return k
+
+
+def _out_channels(layer: nn.Module) -> int:
+    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+
+
+def _narrow_copy(layer: nn.Module, k: int) -> nn.Module:
+    """A fresh layer of the same kind and geometry as ``layer`` with ``k`` output channels."""
+    factory = {"device": layer.weight.device, "dtype": layer.weight.dtype}
+    bias = layer.bias is not None
+    if isinstance(layer, nn.Linear):
+        return nn.Linear(layer.in_features, k, bias=bias, **factory)
+    if layer.groups != 1:
+        raise UnsupportedModelError(f"grouped convolutions (groups={layer.groups}) cannot get a branch")
+    if isinstance(layer, nn.ConvTranspose2d):
+        return nn.ConvTranspose2d(layer.in_channels, k, layer.kernel_size, layer.stride, layer.padding,
+                                  layer.output_padding, 1, bias, layer.dilation, layer.padding_mode, **factory)
+    return nn.Conv2d(layer.in_channels, k, layer.kernel_size, layer.stride, layer.padding, layer.dilation, 1,
+                     bias, layer.padding_mode, **factory)
+
+
+def _narrow_post_op(op: nn.Module, k: int) -> nn.Module:
+    if isinstance(op, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        return type(op)(k, op.eps, op.momentum, op.affine, op.track_running_stats,
+                        device=op.running_mean.device if op.running_mean is not None else None)
+    return copy.deepcopy(op)
+
+
+def filter_l1_norms(layer: nn.Module) -> torch.Tensor:
+    """L1 norm of each output channel's weights (ConvTranspose2d stores them on axis 1)."""
+    weight = layer.weight.detach()
+    if isinstance(layer, nn.ConvTranspose2d):
+        weight = weight.transpose(0, 1)
+    return weight.abs().flatten(1).sum(1)
+
+
+@torch.no_grad()
+def _copy_selected(layer: nn.Module, post_ops: list[nn.Module], narrow: nn.Module, narrow_ops: list[nn.Module],
+                   keep: torch.Tensor) -> None:
+    """Copy the channels ``keep`` of ``layer`` (and of its BatchNorms) into the narrow branch."""
+    if isinstance(layer, nn.ConvTranspose2d):
+        narrow.weight.copy_(layer.weight[:, keep])
+    else:
+        narrow.weight.copy_(layer.weight[keep])
+    if layer.bias is not None:
+        narrow.bias.copy_(layer.bias[keep])
+    for op, new in zip(post_ops, narrow_ops):
+        if isinstance(op, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                if getattr(op, name) is not None:
+                    getattr(new, name).copy_(getattr(op, name)[keep])
+            if op.num_batches_tracked is not None:
+                new.num_batches_tracked.copy_(op.num_batches_tracked)
+
+
+def make_branched_unit(layer: nn.Module, post_ops: list[nn.Module], k: int, init: str = "he") -> BranchedUnit:
+    """Build the :class:`BranchedUnit` for ``layer`` and its ``post_ops``, keeping ``k`` channels.
+
+    ``init="he"``: He-normal branch weights (report 4), default expansion. ``init="l1"``: the k
+    output channels of ``layer`` with the largest L1 norm are copied and the expansion is their
+    selection matrix, so the branch starts as a filter-pruned copy of the unit.
+    """
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    channels = _out_channels(layer)
+    narrow = _narrow_copy(layer, k)
+    narrow_ops = [_narrow_post_op(op, k) for op in post_ops]
+    factory = {"device": layer.weight.device, "dtype": layer.weight.dtype}
+    expand = (nn.Linear(k, channels, bias=False, **factory) if isinstance(layer, nn.Linear)
+              else nn.Conv2d(k, channels, 1, bias=False, **factory))
+    with torch.no_grad():
+        if init == "he":
+            nn.init.kaiming_normal_(narrow.weight, mode="fan_in", nonlinearity="relu")
+            if narrow.bias is not None:
+                narrow.bias.zero_()
+        else:
+            keep = filter_l1_norms(layer).topk(k).indices.sort().values
+            _copy_selected(layer, post_ops, narrow, narrow_ops, keep)
+            expand.weight.zero_()
+            expand.weight.view(channels, k)[keep, torch.arange(k, device=keep.device)] = 1.0
+    return BranchedUnit(nn.Sequential(layer, *post_ops), nn.Sequential(narrow, *narrow_ops), expand)
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+def _select_units(units: list[Unit], include, exclude) -> list[Unit]:
+    def check(prefixes, label):
+        prefixes = [prefixes] if isinstance(prefixes, str) else list(prefixes or [])
+        for prefix in prefixes:
+            if not any(u.name == prefix or u.name.startswith(prefix.rstrip(".") + ".") for u in units):
+                raise ValueError(f"{label} prefix {prefix!r} matches no prunable unit; units are: "
+                                 f"{[u.name for u in units]}")
+        return prefixes
+
+    def matches(name, prefixes):
+        return any(name == p or name.startswith(p.rstrip(".") + ".") for p in prefixes)
+
+    include, exclude = check(include, "include"), check(exclude, "exclude")
+    return [u for u in units if (not include or matches(u.name, include)) and not matches(u.name, exclude)]
+
+
+def _check_ratio(ratio, where: str) -> float:
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
+        raise ValueError(f"keep ratio {where} must be a number in (0, 1], got {ratio!r}")
+    return float(ratio)
+
+
+def attach_branches(model: nn.Module, keep_ratio: float | Mapping[str, float], include=None, exclude=None,
+                    init: str = "he", channel_multiple: int = 1) -> nn.Module:
+    """Put a parallel branch beside every unit of ``model`` but the last; return ``model`` (changed in place).
+
+    ``keep_ratio``: one ratio r in (0, 1] for all units, or a dict {unit name: r} naming exactly
+    the units to branch. A unit keeps k = max(1, floor(r * C)) of its C channels (rounded to
+    ``channel_multiple`` if above 1). ``include`` / ``exclude``: module-name prefixes (e.g.
+    ``["encoder"]``). ``init``: ``"he"`` or ``"l1"`` (see :func:`make_branched_unit`). All
+    branches start at alpha = 1, where the model computes exactly what it did before.
+    """
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if branched_units(model):
+        raise ValueError("the model already has branches; fold it or start from the unbranched model")
+    units = prunable_units(model)
+    if not units:
+        raise UnsupportedModelError("the model has fewer than two linear layers: nothing can be pruned")
+    chosen = _select_units(units, include, exclude)
+    if isinstance(keep_ratio, Mapping):
+        names = {u.name for u in units}
+        unknown = sorted(set(keep_ratio) - names)
+        if unknown:
+            raise ValueError(f"keep_ratio names {unknown}, which are not prunable units; units are {sorted(names)}")
+        ratios = {u.name: _check_ratio(keep_ratio[u.name], f"for {u.name!r}") for u in chosen if u.name in keep_ratio}
+    else:
+        ratio = _check_ratio(keep_ratio, "")
+        ratios = {u.name: ratio for u in chosen}
+    if not ratios:
+        raise ValueError("no unit selected: check include, exclude and keep_ratio")
+    for unit in chosen:
+        if unit.name not in ratios:
+            continue
+        bad = [n for n in unit.between if n in dict(model.named_modules()) and
+               not isinstance(model.get_submodule(n), (nn.Flatten, nn.Identity, nn.Dropout))]
+        if bad:
+            raise UnsupportedModelError(f"{bad[0]!r} stands between unit {unit.name!r} and the next linear layer "
+                                        f"after a reshape; the expansion could not be folded into that layer")
+        layer = model.get_submodule(unit.name)
+        post_ops = [model.get_submodule(n) for n in unit.post_ops]
+        branched = make_branched_unit(layer, post_ops, kept_channels(_out_channels(layer), ratios[unit.name],
+                                                                     channel_multiple), init)
+        branched.placeholders, branched.successor = list(unit.post_ops), unit.next_linear
+        model.set_submodule(unit.name, branched)
+        for name in unit.post_ops:
+            model.set_submodule(name, nn.Identity())
+    return model
+
+
+def _check_alpha(alpha, where: str = "") -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha{where} must be a number in [0, 1], got {alpha!r}")
+    return float(alpha)
+
+
+def set_alpha(model: nn.Module, alpha: float | Mapping[str, float]) -> None:
+    """Set alpha of every branched unit (a float), or per unit (a dict {unit name: alpha})."""
+    units = branched_units(model)
+    if not units:
+        raise ValueError("the model has no branches: call attach_branches(model, keep_ratio) first")
+    if isinstance(alpha, Mapping):
+        unknown = sorted(set(alpha) - set(units))
+        if unknown:
+            raise ValueError(f"alpha names {unknown}, which are not branched units; they are {sorted(units)}")
+        values = {name: _check_alpha(a, f" for {name!r}") for name, a in alpha.items()}
+    else:
+        value = _check_alpha(alpha)
+        values = dict.fromkeys(units, value)
+    for name, value in values.items():
+        units[name].set_alpha(value)
+
+
+def get_alpha(model: nn.Module) -> float | dict[str, float]:
+    """The common alpha of all branched units, or a dict {unit name: alpha} when they differ."""
+    units = branched_units(model)
+    if not units:
+        raise ValueError("the model has no branches: call attach_branches(model, keep_ratio) first")
+    values = {name: unit.alpha_value for name, unit in units.items()}
+    distinct = set(values.values())
+    return distinct.pop() if len(distinct) == 1 else values
+
+
+def freeze_original(model: nn.Module, frozen: bool = True) -> None:
+    """Freeze (or unfreeze) the pretrained layers that the branches replace; frozen BatchNorms stay in eval mode."""
+    for unit in branched_units(model).values():
+        unit.original_frozen = frozen
+        unit.original.requires_grad_(not frozen)
+        unit.train(unit.training)
+
+
+def branch_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters of the branches and expansions (what survives folding, besides unpruned layers)."""
+    return [p for unit in branched_units(model).values() for p in (*unit.branch.parameters(), *unit.expand.parameters())]

@@ -1,0 +1,74 @@
+"""Figures for the notebooks: training curves, validation per alpha stage, reconstructions."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+
+
+def save(fig, path: str | Path | None) -> Path | None:
+    """Save ``fig`` as PNG (creating the folder) and return the path; ``None`` saves nothing."""
+    if path is None:
+        return None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    return path
+
+
+def plot_training_curves(history: list[dict], metric: str, title: str = "", path=None):
+    """Train and validation loss, and the validation metric, per epoch."""
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], label="train")
+    ax_loss.plot(epochs, [h["val_loss"] for h in history], label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title=f"{title} loss".strip())
+    ax_loss.legend()
+    ax_metric.plot(epochs, [h[f"val_{metric}"] for h in history], color="C1")
+    ax_metric.set(xlabel="epoch", ylabel=f"validation {metric}", title=f"{title} validation {metric}".strip())
+    fig.tight_layout()
+    save(fig, path)
+    return fig
+
+
+def plot_pruning_curves(runs: dict[str, list[dict]], metric: str, baseline: float | None = None,
+                        title: str = "", path=None):
+    """Validation metric per epoch of each pruning run, with alpha below (report 8's figure 2 style)."""
+    fig, (ax, ax_alpha) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    for i, (label, history) in enumerate(runs.items()):
+        rows = [h for h in history if h.get("phase") != "bn_recalibrated"]
+        epochs = [h["epoch"] for h in rows]
+        ax.plot(epochs, [h[f"val_{metric}"] for h in rows], marker="o", ms=3, color=f"C{i}", label=label)
+        ax_alpha.plot(epochs, [h["alpha"] for h in rows], color=f"C{i}", drawstyle="steps-post")
+        for stage in sorted({h["stage"] for h in rows}):
+            first = next(h for h in rows if h["stage"] == stage)
+            ax.axvline(first["epoch"] - 0.5, color="0.9", lw=0.8, zorder=0)
+    if baseline is not None:
+        ax.axhline(baseline, color="k", ls="--", lw=1, label="baseline")
+    ax.set(ylabel=f"validation {metric}", title=title)
+    ax.legend(fontsize=8)
+    ax_alpha.set(xlabel="epoch after the baseline", ylabel="alpha", ylim=(-0.05, 1.05))
+    fig.tight_layout()
+    save(fig, path)
+    return fig
+
+
+def plot_reconstructions(rows: dict[str, torch.Tensor], path=None, title: str = ""):
+    """A grid: one row per label, one column per image (tensors N x 3 x H x W in [0, 1])."""
+    labels = list(rows)
+    count = len(next(iter(rows.values())))
+    fig, axes = plt.subplots(len(labels), count, figsize=(2.2 * count, 2.3 * len(labels)), squeeze=False)
+    for r, label in enumerate(labels):
+        for c in range(count):
+            ax = axes[r][c]
+            ax.imshow(rows[label][c].detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy())
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(label, fontsize=9)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    save(fig, path)
+    return fig

@@ -1,0 +1,65 @@
+"""Train-or-load helpers for the two baseline models, so every notebook also runs on its own."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import CHECKPOINT_DIR, get_device, seed_everything
+from .data import ImageSplits, PhotoSplits
+from .models import RGBAutoencoder, vgg16
+from .train import fit
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", Path(str(text)).stem).strip("-") or "data"
+
+
+def baseline_checkpoint_path(kind: str, source: str, width: float, epochs: int, seed: int, **settings) -> Path:
+    """Where a baseline with these settings is stored: one file per distinct setting."""
+    extra = "".join(f"_{k}{v}" for k, v in sorted(settings.items()))
+    return CHECKPOINT_DIR / f"{kind}_{_slug(source)}_w{width:g}_e{epochs}_s{seed}{extra}.pt"
+
+
+def vgg_baseline(data: ImageSplits, *, width: float, epochs: int, batch_size: int = 128, lr: float = 0.05,
+                 weight_decay: float = 5e-4, classifier: str = "linear", seed: int = 0, device=None,
+                 progress: bool = True, checkpoint: str | Path | None = None) -> tuple[nn.Module, list[dict], Path]:
+    """Train VGG16-BN on ``data`` (SGD with Nesterov momentum, one-cycle schedule), or load it when trained.
+
+    The checkpoint is resumed if a run was interrupted. Returns the model (on ``device``), the
+    per-epoch history and the checkpoint path.
+    """
+    device = get_device(device)
+    path = Path(checkpoint) if checkpoint else baseline_checkpoint_path(
+        "vgg16", data.source, width, epochs, seed, c=classifier, b=batch_size, lr=lr)
+    seed_everything(seed)
+    model = vgg16(data.num_classes, width=width, classifier=classifier).to(device)
+    train, val, _ = data.loaders(batch_size, device=device, seed=seed)
+    meta = {"model": "vgg16", "width": width, "classifier": classifier, "num_classes": data.num_classes}
+    history = fit(model, train, val, task="classification", epochs=epochs, lr=lr, weight_decay=weight_decay,
+                  scheduler="onecycle", checkpoint=path, meta=meta, progress=progress)
+    return model, history, path
+
+
+def autoencoder_baseline(data: PhotoSplits, *, width: float, epochs: int, batch_size: int = 16,
+                         crops_per_photo: int = 8, lr: float = 1e-3, bottleneck: int = 128, seed: int = 0,
+                         device=None, progress: bool = True,
+                         checkpoint: str | Path | None = None) -> tuple[nn.Module, list[dict], Path]:
+    """Train :class:`RGBAutoencoder` on photo crops (Adam, one-cycle schedule), or load it when trained."""
+    device = get_device(device)
+    path = Path(checkpoint) if checkpoint else baseline_checkpoint_path(
+        "autoencoder", data.source, width, epochs, seed, z=bottleneck, b=batch_size, n=crops_per_photo, lr=lr)
+    seed_everything(seed)
+    model = RGBAutoencoder(width=width, bottleneck=bottleneck).to(device)
+    train, val, _ = data.loaders(batch_size, crops_per_photo, device=device, seed=seed)
+    meta = {"model": "autoencoder", "width": width, "bottleneck": bottleneck}
+    history = fit(model, train, val, task="reconstruction", epochs=epochs, lr=lr, optimizer="adam",
+                  weight_decay=0.0, scheduler="onecycle", checkpoint=path, meta=meta, progress=progress)
+    return model, history, path
+
+
+def seconds_per_epoch(history: list[dict]) -> float:
+    """Median wall time of the epochs in ``history``."""
+    return float(torch.tensor([h["seconds"] for h in history]).median()) if history else float("nan")

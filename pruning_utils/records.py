@@ -1,0 +1,64 @@
+"""Run records: the metrics JSON every notebook writes beside its figures, with parameters and machine."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+from pathlib import Path
+
+import torch
+
+from .config import FIGURES_DIR, QUICK_FIGURES_DIR, REPO_ROOT
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def output_dir(profile: str, requested: str | None = None) -> Path:
+    """Where a notebook writes figures and records: ``requested``, else figures/quick (git-ignored) for the
+    quick profile and figures/ for the others."""
+    if requested:
+        path = Path(requested)
+        path = path if path.is_absolute() else REPO_ROOT / path
+    else:
+        path = QUICK_FIGURES_DIR if profile == "quick" else FIGURES_DIR
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def papermill_command(notebook: str, parameters: dict) -> str:
+    """The papermill command that reruns ``notebook`` with ``parameters``."""
+    args = " ".join(f"-y {shlex.quote(k + ': ' + json.dumps(v))}" if isinstance(v, (list, dict))
+                    else f"-p {k} {shlex.quote(str(v))}" for k, v in parameters.items())
+    return f"papermill notebooks/{notebook} runs/{Path(notebook).stem}.ipynb -k python3 {args}"
+
+
+def write_record(path: str | Path, notebook: str, parameters: dict, metrics: dict, **extra) -> Path:
+    """Write a JSON record of a run: metrics, exact parameters, the command that reruns it, the machine."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"notebook": notebook, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+              "command": papermill_command(notebook, parameters), "parameters": parameters,
+              "machine": machine(), "metrics": metrics, **extra}
+    path.write_text(json.dumps(record, indent=2, default=float) + "\n")
+    return path
+
+
+def read_record(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def settings_key(settings: dict, length: int = 10) -> str:
+    """A short, stable hash of ``settings``: names checkpoint folders so other settings never resume them."""
+    import hashlib
+
+    return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:length]

@@ -1,0 +1,242 @@
+"""Training and evaluation for classification and reconstruction, with atomic, resumable checkpoints."""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+TASKS = ("classification", "reconstruction")
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULERS = ("onecycle", "cosine", "plateau", "none")
+
+
+def check_task(task: str) -> None:
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+
+
+def metric_name(task: str) -> str:
+    """The headline metric: accuracy (%) for classification, PSNR (dB, pixels in [0, 1]) for reconstruction."""
+    check_task(task)
+    return "acc" if task == "classification" else "psnr"
+
+
+def task_loss(task: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy, or the per-element mean squared error with pixels on the [0, 1] scale."""
+    return F.cross_entropy(output, target) if task == "classification" else F.mse_loss(output, target)
+
+
+def psnr(mse: float) -> float:
+    """Peak signal-to-noise ratio in dB for a mean squared error on the [0, 1] pixel scale."""
+    return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: Iterable, task: str) -> dict[str, float]:
+    """Mean loss and the task metric over ``loader`` in eval mode (the model's mode is restored)."""
+    check_task(task)
+    was_training = model.training
+    model.eval()
+    total_loss, correct, count = 0.0, 0, 0
+    for x, y in loader:
+        out = model(x)
+        n = len(x)
+        total_loss += task_loss(task, out, y).item() * n
+        if task == "classification":
+            correct += (out.argmax(1) == y).sum().item()
+        count += n
+    model.train(was_training)
+    loss = total_loss / max(count, 1)
+    metric = 100.0 * correct / max(count, 1) if task == "classification" else psnr(loss)
+    return {"loss": loss, metric_name(task): metric}
+
+
+def make_optimizer(name: str, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
+                   nesterov: bool = True) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                               nesterov=nesterov and momentum > 0)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+
+
+def make_scheduler(name: str, optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int,
+                   patience: int = 3, factor: float = 0.1):
+    """A learning-rate scheduler. ``onecycle`` and ``cosine`` step per batch, ``plateau`` per epoch."""
+    if name == "onecycle":
+        max_lr = [group["lr"] for group in optimizer.param_groups]
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, epochs=epochs,
+                                                   steps_per_epoch=steps_per_epoch)
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
+    if name == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=patience, factor=factor)
+    if name == "none":
+        return None
+    raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {name!r}")
+
+
+def steps_per_batch(scheduler) -> bool:
+    return scheduler is not None and not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+
+def supervised_loss(task: str):
+    """``loss_fn(model, x, y) -> (loss, output)`` for the task's own loss."""
+    def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        output = model(x)
+        return task_loss(task, output, y), output
+    return loss_fn
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training loss became NaN or infinite."""
+
+
+def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
+                loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+                scheduler=None, before_step: Callable[[], None] | None = None, progress: bool = True,
+                description: str = "train") -> dict[str, float]:
+    """One pass over ``loader``. ``loss_fn(model, x, y)`` returns (loss, output).
+
+    ``before_step`` runs before every batch (the pruning loop moves alpha there). Raises
+    NonFiniteLossError on a NaN or infinite loss, before the optimiser applies it.
+    """
+    model.train()
+    total, count = 0.0, 0
+    bar = tqdm(loader, desc=description, leave=False, disable=not progress)
+    for x, y in bar:
+        if before_step is not None:
+            before_step()
+        loss, _ = loss_fn(model, x, y)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"{description}: the loss became {loss.item()} after {count} samples")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if steps_per_batch(scheduler):
+            scheduler.step()
+        total += loss.item() * len(x)
+        count += len(x)
+        bar.set_postfix(loss=f"{total / count:.4f}")
+    return {"loss": total / max(count, 1)}
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------
+def save_checkpoint(path: str | Path, **state) -> Path:
+    """Write ``state`` with torch.save to a temporary file beside ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``: no code is unpickled)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def load_model_state(model: nn.Module, state: dict, source: str = "checkpoint") -> None:
+    """Load a state_dict, or raise a ValueError that lists what does not fit the model."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    reshaped = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or reshaped:
+        lines = [f"{source} does not fit this model (was it saved from another architecture, width or "
+                 f"pruning state? build the model with the checkpoint's settings):"]
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", reshaped)):
+            if items:
+                lines.append(f"  {label} ({len(items)}): " + ", ".join(items[:5]) + (" ..." if len(items) > 5 else ""))
+        raise ValueError("\n".join(lines))
+    model.load_state_dict(state)
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------------------------
+# The training loop
+# --------------------------------------------------------------------------------------------
+def fit(model: nn.Module, train_loader, val_loader, *, task: str, epochs: int, lr: float,
+        optimizer: str = "sgd", momentum: float = 0.9, weight_decay: float = 5e-4, scheduler: str = "onecycle",
+        checkpoint: str | Path | None = None, meta: dict | None = None, progress: bool = True,
+        plateau_patience: int = 3) -> list[dict]:
+    """Train ``model`` for ``epochs`` epochs; return the per-epoch history.
+
+    With ``checkpoint`` set, the full state (model, optimiser, scheduler, data order, RNG, history)
+    is written atomically after every epoch, and an existing checkpoint there is resumed, so an
+    interrupted run continues the same history. ``meta`` is stored beside it (e.g. the model's
+    settings) so a mismatch can be explained.
+    """
+    check_task(task)
+    if epochs < 0:
+        raise ValueError(f"epochs must be non-negative, got {epochs}")
+    opt = make_optimizer(optimizer, [p for p in model.parameters() if p.requires_grad], lr, momentum, weight_decay)
+    sched = make_scheduler(scheduler, opt, max(epochs, 1), len(train_loader), patience=plateau_patience)
+    history: list[dict] = []
+    if checkpoint is not None and Path(checkpoint).is_file():
+        state = load_checkpoint(checkpoint, map_location=next(model.parameters()).device)
+        load_model_state(model, state["model"], source=f"checkpoint {checkpoint}")
+        opt.load_state_dict(state["optimizer"])
+        if sched is not None and state.get("scheduler"):
+            sched.load_state_dict(state["scheduler"])
+        if hasattr(train_loader, "load_state_dict"):
+            train_loader.load_state_dict(state["loader"])
+        _set_rng_state(state["rng"])
+        history = list(state["history"])
+
+    loss_fn = supervised_loss(task)
+    bar = tqdm(range(len(history), epochs), desc="epochs", disable=not progress)
+    for epoch in bar:
+        start = time.perf_counter()
+        train = train_epoch(model, train_loader, opt, loss_fn, sched, progress=progress, description=f"epoch {epoch + 1}")
+        val = evaluate(model, val_loader, task)
+        if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            sched.step(val["loss"])
+        record = {"epoch": epoch + 1, "train_loss": train["loss"], **{f"val_{k}": v for k, v in val.items()},
+                  "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
+        history.append(record)
+        bar.set_postfix({k: round(v, 4) for k, v in record.items() if k.startswith("val_")})
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, model=model.state_dict(), optimizer=opt.state_dict(),
+                            scheduler=sched.state_dict() if sched is not None else {},
+                            loader=train_loader.state_dict() if hasattr(train_loader, "state_dict") else {},
+                            rng=_rng_state(), history=history, meta=meta or {})
+    return history
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (CPU for a model without parameters)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))

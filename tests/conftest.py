@@ -1,0 +1,30 @@
+import pytest
+import torch
+
+from pruning_utils.config import SHARED_DATA_DIR, seed_everything
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    seed_everything(0)
+    yield
+
+
+@pytest.fixture
+def shared_cifar():
+    path = SHARED_DATA_DIR / "cifar10_subset.npz"
+    if not path.is_file():
+        pytest.skip(f"shared CIFAR-10 subset not found at {path}")
+    return path
+
+
+@pytest.fixture
+def shared_photos():
+    path = SHARED_DATA_DIR / "photos"
+    if not path.is_dir():
+        pytest.skip(f"shared photos not found at {path}")
+    return path
+
+
+def tiny_batch(n=8, size=32, channels=3):
+    return torch.rand(n, channels, size, size)

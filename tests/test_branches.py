@@ -1,0 +1,177 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import pruning_utils as pu
+from pruning_utils import branches, models
+
+
+class Chain(nn.Module):
+    """A custom module whose forward is a chain with a functional flatten."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2))
+        self.head = nn.Linear(8 * 4 * 4, 5)
+
+    def forward(self, x):
+        return self.head(torch.flatten(self.body(x), 1))
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 3, 3, padding=1)
+        self.b = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        return self.b(self.a(x) + x)
+
+
+def _randomise_batchnorm(model):
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2)
+
+
+@pytest.mark.parametrize("init", ["he", "l1"])
+@pytest.mark.parametrize("factory,shape", [(lambda: models.vgg16(width=0.125, classifier="mlp"), (2, 3, 32, 32)),
+                                           (lambda: models.RGBAutoencoder(width=0.125), (2, 3, 128, 128)),
+                                           (Chain, (2, 3, 8, 8))])
+def test_alpha_one_equals_the_original_exactly(init, factory, shape):
+    model = factory()
+    _randomise_batchnorm(model)
+    model.eval()
+    x = torch.randn(shape)
+    expected = model(x)
+    pu.attach_branches(model, 0.5, init=init).eval()
+    assert pu.get_alpha(model) == 1.0
+    assert torch.equal(model(x), expected)
+
+
+def test_alpha_zero_ignores_the_original_weights_and_sends_them_no_gradient():
+    model = pu.attach_branches(models.vgg16(width=0.125), 0.5)
+    pu.set_alpha(model, 0.0)
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    before = model(x)
+    for unit in branches.branched_units(model).values():
+        for p in unit.original.parameters():
+            p.data.normal_()
+    assert torch.equal(model(x), before)
+    model.train()
+    model(x).sum().backward()
+    units = branches.branched_units(model).values()
+    assert all(p.grad is None for u in units for p in u.original.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for u in units for p in u.branch[0].parameters())
+
+
+def test_gradients_reach_branches_and_originals_at_intermediate_alpha():
+    model = pu.attach_branches(models.vgg16(width=0.125), 0.5)
+    pu.set_alpha(model, 0.3)
+    model(torch.randn(4, 3, 32, 32)).sum().backward()
+    for unit in branches.branched_units(model).values():
+        assert unit.branch[0].weight.grad.abs().sum() > 0
+        assert unit.expand.weight.grad.abs().sum() > 0
+        assert unit.original[0].weight.grad.abs().sum() > 0
+
+
+def test_mixed_output_is_the_convex_combination():
+    model = pu.attach_branches(Chain(), 0.5).eval()
+    unit = branches.branched_units(model)["body.0"]
+    x = torch.randn(2, 3, 8, 8)
+    pu.set_alpha(model, 0.25)
+    expected = 0.25 * unit.original(x) + 0.75 * unit.expand(unit.branch(x))
+    assert torch.allclose(unit(x), expected, atol=1e-6)
+
+
+def test_l1_init_is_a_filter_pruned_copy():
+    model = models.vgg16(width=0.125)
+    _randomise_batchnorm(model)
+    model.eval()
+    pu.attach_branches(model, 0.5, init="l1").eval()
+    unit = branches.branched_units(model)["features.0"]
+    norms = branches.filter_l1_norms(unit.original[0])
+    keep = norms.topk(unit.kept).indices
+    x = torch.randn(2, 3, 32, 32)
+    masked = unit.original(x).clone()
+    dropped = torch.ones(len(norms), dtype=torch.bool)
+    dropped[keep] = False
+    masked[:, dropped] = 0
+    assert torch.allclose(unit.pruned(x), masked, atol=1e-6)
+
+
+def test_kept_channels_and_ratio_dict():
+    assert branches.kept_channels(128, 0.35) == 44
+    assert branches.kept_channels(10, 0.01) == 1
+    assert branches.kept_channels(128, 0.35, multiple=8) == 48
+    model = pu.attach_branches(models.vgg16(width=0.25), {"features.0": 0.5, "features.3": 0.25})
+    assert {n: u.kept for n, u in branches.branched_units(model).items()} == {"features.0": 8, "features.3": 4}
+
+
+def test_include_exclude_prefixes():
+    model = pu.attach_branches(models.RGBAutoencoder(width=0.125), 0.35, include=["encoder"], exclude=["encoder.0"])
+    names = list(branches.branched_units(model))
+    assert names and all(n.startswith("encoder.") for n in names) and "encoder.0" not in names
+    assert branches.branched_units(model)["encoder.18"].kept == 44
+    decoder = pu.attach_branches(models.RGBAutoencoder(width=0.125), 0.5, include="decoder")
+    assert "decoder.9" not in branches.branched_units(decoder)  # the output layer is never pruned
+
+
+@pytest.mark.parametrize("ratio", [0, 1.5, -0.1, "half", True])
+def test_bad_keep_ratio(ratio):
+    with pytest.raises(ValueError, match="keep ratio"):
+        pu.attach_branches(models.vgg16(width=0.125), ratio)
+
+
+def test_bad_ratio_names_include_and_alpha():
+    with pytest.raises(ValueError, match="not prunable units"):
+        pu.attach_branches(models.vgg16(width=0.125), {"classifier.0": 0.5})
+    with pytest.raises(ValueError, match="matches no prunable unit"):
+        pu.attach_branches(models.vgg16(width=0.125), 0.5, include=["encoder"])
+    with pytest.raises(ValueError, match="init"):
+        pu.attach_branches(models.vgg16(width=0.125), 0.5, init="xavier")
+    model = pu.attach_branches(models.vgg16(width=0.125), 0.5)
+    for alpha in (-0.1, 1.01, float("nan"), "0"):
+        with pytest.raises(ValueError, match="alpha"):
+            pu.set_alpha(model, alpha)
+    with pytest.raises(ValueError, match="no branches"):
+        pu.set_alpha(models.vgg16(width=0.125), 0.5)
+    with pytest.raises(ValueError, match="already has branches"):
+        pu.attach_branches(model, 0.5)
+
+
+def test_unsupported_models_name_the_problem():
+    with pytest.raises(branches.UnsupportedModelError, match="branch-and-merge"):
+        pu.attach_branches(Residual(), 0.5)
+    odd = nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8), nn.Conv2d(8, 4, 3))
+    with pytest.raises(branches.UnsupportedModelError, match=r"'1' \(GroupNorm\)"):
+        pu.attach_branches(odd, 0.5)
+
+
+def test_alpha_is_saved_in_the_state_dict_and_restored():
+    model = pu.attach_branches(models.vgg16(width=0.125), 0.5)
+    pu.set_alpha(model, {"features.0": 0.2})
+    pu.set_alpha(model, 0.0)
+    pu.set_alpha(model, {"features.0": 0.1})
+    state = copy.deepcopy(model.state_dict())
+    fresh = pu.attach_branches(models.vgg16(width=0.125), 0.5)
+    fresh.load_state_dict(state)
+    alpha = pu.get_alpha(fresh)
+    assert alpha["features.0"] == pytest.approx(0.1) and alpha["features.3"] == 0.0
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(fresh.eval()(x), model.eval()(x))
+
+
+def test_freeze_original_keeps_pretrained_weights_fixed():
+    model = pu.attach_branches(models.vgg16(width=0.125), 0.5)
+    pu.freeze_original(model)
+    unit = branches.branched_units(model)["features.0"]
+    model.train()
+    assert not unit.original.training and unit.branch.training
+    assert not any(p.requires_grad for p in unit.original.parameters())
+    pu.freeze_original(model, False)
+    assert all(p.requires_grad for p in unit.original.parameters())

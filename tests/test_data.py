@@ -1,0 +1,112 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pruning_utils import data
+
+
+def _unique_npz(path, n_train=60, n_test=40):
+    """Images whose first pixel encodes their index, so splits can be checked for overlap."""
+    def images(n, offset):
+        x = np.zeros((n, 32, 32, 3), dtype=np.uint8)
+        x[:, 0, 0, 0] = (np.arange(n) + offset) % 256
+        x[:, 0, 0, 1] = (np.arange(n) + offset) // 256
+        return x
+    np.savez(path, x_train=images(n_train, 0), y_train=np.arange(n_train) % 10,
+             x_test=images(n_test, 1000), y_test=np.arange(n_test) % 10)
+    return path
+
+
+def _ids(x):
+    return set((x[:, 0, 0, 0].long() + 256 * x[:, 1, 0, 0].long()).tolist())
+
+
+def test_embedded_digits_are_3x32x32_with_disjoint_seeded_splits():
+    a = data.load_classification("embedded", seed=1)
+    b = data.load_classification("embedded", seed=1)
+    assert a.x_train.shape[1:] == (3, 32, 32) and a.x_train.dtype == torch.uint8
+    assert sum(a.sizes().values()) == 1797 and a.num_classes == 10
+    assert torch.equal(a.y_val, b.y_val)
+    assert not torch.equal(a.y_val, data.load_classification("embedded", seed=2).y_val)
+
+
+@pytest.mark.parametrize("val_from", ["train", "test"])
+def test_npz_splits_do_not_leak(tmp_path, val_from):
+    splits = data.load_classification(_unique_npz(tmp_path / "d.npz"), val_size=10, val_from=val_from, seed=3)
+    train, val, test = _ids(splits.x_train), _ids(splits.x_val), _ids(splits.x_test)
+    assert len(val) == 10 and not (train & val) and not (train & test) and not (val & test)
+    assert len(train) + len(val) + len(test) == 100
+
+
+def test_image_folder_source(tmp_path):
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(np.full((40, 40, 3), i * 40, np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+    splits = data.load_classification(tmp_path, val_size=2)
+    assert splits.classes == ["cat", "dog"]
+    assert splits.x_train.shape == (6, 3, 32, 32) and len(splits.y_val) == 2 and len(splits.y_test) == 4
+
+
+def test_missing_data_offline_names_the_three_ways(tmp_path):
+    with pytest.raises(data.DataUnavailableError) as err:
+        data.load_classification(tmp_path / "nowhere")
+    message = str(err.value)
+    assert "download" in message and ".npz" in message and "image folder" in message
+
+
+def test_bad_split_arguments(tmp_path):
+    path = _unique_npz(tmp_path / "d.npz")
+    with pytest.raises(ValueError, match="val_from"):
+        data.load_classification(path, val_from="elsewhere")
+    with pytest.raises(ValueError, match="val_size"):
+        data.load_classification(path, val_size=1000)
+
+
+def test_random_crop_flip_keeps_shape_and_content():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    out = data.random_crop_flip(x, 0, torch.Generator().manual_seed(0))
+    for i in range(2):
+        assert torch.equal(out[i], x[i]) or torch.equal(out[i], x[i].flip(2))
+    padded = data.random_crop_flip(x, 2, torch.Generator().manual_seed(0))
+    assert padded.shape == x.shape
+
+
+def test_batch_loader_normalises_and_covers_every_sample():
+    images = torch.randint(0, 256, (10, 3, 4, 4), dtype=torch.uint8)
+    loader = data.BatchLoader(images, torch.arange(10), 4, shuffle=True, mean=(0.5,) * 3, std=(0.25,) * 3)
+    batches = list(loader)
+    assert len(batches) == len(loader) == 3
+    assert sorted(torch.cat([y for _, y in batches]).tolist()) == list(range(10))
+    x, y = batches[0]
+    assert torch.allclose(x, (images[y].float() / 255 - 0.5) / 0.25)
+
+
+def test_photos_split_by_photo_and_fixed_eval_grid(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)).save(tmp_path / f"p{i}.jpg")
+    photos = data.load_photos(tmp_path, crop=128, seed=0)
+    names = photos.names
+    assert not set(names["train"]) & set(names["val"]) and not set(names["val"]) & set(names["test"])
+    assert len(names["train"]) == 8 and photos.val_crops.shape[1:] == (3, 128, 128)
+    assert len(photos.val_crops) == 6  # 2 x 3 non-overlapping crops of a 300 x 400 photo
+    train, val, _ = photos.loaders(batch_size=4, crops_per_photo=2)
+    x, y = next(iter(train))
+    assert x.shape == (4, 3, 128, 128) and torch.equal(x, y) and 0 <= x.min() and x.max() <= 1
+    assert torch.equal(next(iter(val))[0], next(iter(val))[0])
+
+
+def test_embedded_photos_and_missing_photo_folder(tmp_path):
+    photos = data.load_photos("embedded")
+    assert len(photos.train_photos) >= 6 and len(photos.val_crops) > 0
+    with pytest.raises(data.DataUnavailableError, match="no photos"):
+        data.load_photos(tmp_path)
+
+
+def test_shared_cifar_subset_follows_the_reference_protocol(shared_cifar):
+    splits = data.load_classification(shared_cifar)
+    assert splits.sizes() == {"train": 25000, "val": 5000, "test": 5000}
+    assert splits.y_val[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]

@@ -1,0 +1,61 @@
+"""Every numbered notebook runs headless under papermill with tiny parameters; assert on its metrics JSON."""
+import json
+import math
+
+import nbformat
+import pytest
+
+from pruning_utils import notebooks
+
+TINY = {
+    "01_baseline_training.ipynb": {"VGG_WIDTH": 0.0625, "VGG_EPOCHS": 1, "AE_WIDTH": 0.125, "AE_EPOCHS": 1,
+                                   "CROPS_PER_PHOTO": 2},
+    "02_vgg16_pruning.ipynb": {"VGG_WIDTH": 0.0625, "BASELINE_EPOCHS": 1, "EPOCHS_PER_STAGE": 1, "DELTA": 0.5,
+                               "RESUME": False},
+}
+
+
+def check_01(metrics, parameters):
+    vgg, ae = metrics["vgg16"], metrics["autoencoder"]
+    assert vgg["epochs"] == 1 and 0 <= vgg["val_acc"] <= 100 and 0 <= vgg["test_acc"] <= 100
+    assert vgg["params"] > 0 and vgg["macs"] > vgg["params"]
+    assert ae["epochs"] == 1 and ae["test_psnr"] == pytest.approx(10 * math.log10(1 / ae["test_mse"]))
+
+
+def check_02(metrics, parameters):
+    assert abs(metrics["param_fraction"] - parameters["PARAM_FRACTION"]) < 0.02
+    assert set(metrics["runs"]) == {"he", "l1"}
+    for run in metrics["runs"].values():
+        assert run["fold_relative_max_difference"] <= 1e-5
+        assert run["params_folded"] == round(metrics["param_fraction"] * metrics["baseline"]["params"])
+        assert run["epochs"] == 2 and 0 <= run["test_acc"] <= 100
+    assert metrics["cost"]["mac_ratio"] > 1 and metrics["cost"]["step_time_ratio"] > 0
+
+
+CHECKS = {"01_baseline_training.ipynb": check_01, "02_vgg16_pruning.ipynb": check_02}
+
+
+@pytest.mark.parametrize("notebook", notebooks.numbered_notebooks(), ids=lambda p: p.name)
+def test_notebook_runs_with_tiny_parameters(notebook, tmp_path):
+    assert notebook.name in TINY, f"add tiny parameters and a check for {notebook.name} to this test"
+    parameters = {**TINY[notebook.name], "OUTPUT_DIR": str(tmp_path), "RUN_NAME": "tiny", "PROGRESS": False}
+    notebooks.run_notebook(notebook, tmp_path / notebook.name, parameters)
+    record = json.loads((tmp_path / "tiny.json").read_text())
+    assert record["parameters"]["PROFILE"] == "quick" and "papermill" in record["command"]
+    CHECKS[notebook.name](record["metrics"], record["parameters"])
+    assert list(tmp_path.glob("tiny*.png")), "the notebook wrote no figure"
+
+
+@pytest.mark.parametrize("notebook", notebooks.numbered_notebooks(), ids=lambda p: p.name)
+def test_notebook_is_committed_clean(notebook):
+    nb = nbformat.read(notebook, as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1 and ": " in tagged[0].source, "one typed, commented parameters cell"
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    assert not any(o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))
+    assert any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit the notebook with its outputs"
+
+
+def test_unknown_parameters_are_an_error(tmp_path):
+    with pytest.raises(ValueError, match="no parameters"):
+        notebooks.run_notebook(notebooks.numbered_notebooks()[0], tmp_path / "x.ipynb", {"EPOCHZ": 1})

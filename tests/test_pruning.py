@@ -1,0 +1,138 @@
+import pytest
+import torch
+from torch import nn
+
+import pruning_utils as pu
+from pruning_utils import branches, data, models, pruning, schedules
+from pruning_utils.config import seed_everything
+
+
+def _loaders(n=48, batch=16):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    return (data.BatchLoader(x, y, batch, shuffle=True, augment=True, seed=1, mean=(0.5,) * 3, std=(0.25,) * 3),
+            data.BatchLoader(x[:32], y[:32], batch, mean=(0.5,) * 3, std=(0.25,) * 3))
+
+
+def _branched(init="l1"):
+    seed_everything(0)
+    return pu.attach_branches(models.vgg16(width=0.125, classifier="mlp"), 0.5, init=init)
+
+
+SCHEDULE = schedules.make_schedule("step", 1, delta=0.5)
+
+
+@pytest.mark.parametrize("lr_schedule,loss", [("plateau", "ce"), ("onecycle", "ce+kd")])
+def test_interrupted_and_resumed_run_gives_the_same_weights(tmp_path, lr_schedule, loss):
+    config = pu.PruneConfig(lr=0.01, lr_schedule=lr_schedule, loss=loss)
+    model = _branched()
+    train, val = _loaders()
+    full = pu.prune(model, train, val, SCHEDULE, config, progress=False)
+
+    resumed = _branched()
+    train, val = _loaders()
+    first = pu.prune(resumed, train, val, SCHEDULE, config, checkpoint_dir=tmp_path, max_stages=1, progress=False)
+    assert len(first) == 1 and pu.get_alpha(resumed) == 0.5
+    again = _branched()  # a fresh process: new model at alpha 1, new loaders
+    pu.set_alpha(again, 1.0)
+    train, val = _loaders()
+    history = pu.prune(again, train, val, SCHEDULE, config, checkpoint_dir=tmp_path, progress=False)
+    assert [h["alpha"] for h in history] == [0.5, 0.0]
+    assert [h["val_loss"] for h in history] == pytest.approx([h["val_loss"] for h in full], rel=1e-5)
+    for a, b in zip(again.state_dict().values(), model.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5)
+
+
+def test_resume_from_a_chosen_stage_restores_its_alpha(tmp_path):
+    model = _branched()
+    train, val = _loaders()
+    pu.prune(model, train, val, schedules.make_schedule("explicit", 1, values=[0.6, 0.1]), checkpoint_dir=tmp_path,
+             progress=False)
+    assert sorted(pruning.stage_checkpoints(tmp_path)) == [0, 1, 2]
+    fresh = _branched()
+    state = torch.load(pruning.stage_checkpoints(tmp_path)[1], weights_only=True)
+    assert state["alpha"] == pytest.approx(0.1)
+    history = pu.prune(fresh, train, val, schedules.make_schedule("explicit", 1, values=[0.6, 0.1]),
+                       checkpoint_dir=tmp_path, resume=1, max_stages=0, progress=False)
+    assert pu.get_alpha(fresh) == pytest.approx(0.1) and [h["stage"] for h in history] == [0, 1]
+    with pytest.raises(FileNotFoundError, match="stage 7"):
+        pu.prune(fresh, train, val, SCHEDULE, checkpoint_dir=tmp_path, resume=7, progress=False)
+
+
+def test_ramp_moves_alpha_within_the_stage_and_ends_at_zero():
+    model = _branched()
+    train, val = _loaders()
+    seen = []
+    original = branches.BranchedUnit.set_alpha
+
+    def spy(unit, alpha):
+        seen.append(alpha)
+        original(unit, alpha)
+
+    branches.BranchedUnit.set_alpha = spy
+    try:
+        history = pu.prune(model, train, val, schedules.ramp("cosine", 1, 1), progress=False)
+    finally:
+        branches.BranchedUnit.set_alpha = original
+    assert history[0]["alpha"] == 0.0 and pu.get_alpha(model) == 0.0
+    assert len({round(a, 6) for a in seen}) >= 4  # alpha took several values inside the ramp epoch
+
+
+def test_non_finite_loss_rolls_back_to_the_best_weights():
+    model = _branched("he")
+    train, val = _loaders()
+    with pytest.warns(UserWarning, match="rolled back"):
+        history = pu.prune(model, train, val, SCHEDULE, pu.PruneConfig(lr=1e12, lr_schedule="constant", momentum=0.0),
+                           progress=False)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert len(history) <= 2
+
+
+def test_restarts_keep_the_best_alpha_zero_weights():
+    model = _branched()
+    train, val = _loaders()
+    history = pu.prune(model, train, val, SCHEDULE, pu.PruneConfig(lr=0.01, lr_schedule="plateau", restarts=2),
+                       progress=False)
+    restarts = [h for h in history if h["phase"] == "restart"]
+    assert len(restarts) == 2 and restarts[1]["lr"] == pytest.approx(1.0, rel=0.01)
+    best = max(h["val_acc"] for h in history if h["alpha"] == 0.0)
+    assert pu.train.evaluate(model, val, "classification")["acc"] == pytest.approx(best)
+
+
+def test_batchnorm_recalibration_touches_only_the_layers_that_run():
+    model = _branched()
+    pu.set_alpha(model, 0.0)
+    train, _ = _loaders()
+    unit = branches.branched_units(model)["features.0"]
+    original_mean = unit.original[1].running_mean.clone()
+    branch_before = unit.branch[1].running_mean.clone()
+    used = pu.recalibrate_batchnorm(model, train, batches=2)
+    assert used == 2
+    assert torch.equal(unit.original[1].running_mean, original_mean)
+    assert not torch.equal(unit.branch[1].running_mean, branch_before)
+    assert unit.branch[1].momentum == 0.1
+
+
+def test_reconstruction_pruning_of_the_encoder():
+    seed_everything(0)
+    model = pu.attach_branches(models.RGBAutoencoder(width=0.125), 0.35, include=["encoder"])
+    x = torch.randint(0, 256, (8, 3, 128, 128), dtype=torch.uint8)
+    train = data.BatchLoader(x, None, 4, shuffle=True)
+    history = pu.prune(model, train, data.BatchLoader(x, None, 4), SCHEDULE,
+                       pu.PruneConfig(lr=1e-3, optimizer="adam", loss="reconstruction", weight_decay=0),
+                       task="reconstruction", progress=False)
+    assert "val_psnr" in history[-1] and history[-1]["alpha"] == 0.0
+
+
+def test_bad_configurations():
+    model = _branched()
+    train, val = _loaders()
+    with pytest.raises(ValueError, match="loss"):
+        pu.prune(model, train, val, SCHEDULE, pu.PruneConfig(loss="hinge"), progress=False)
+    with pytest.raises(ValueError, match="does not fit task"):
+        pu.prune(model, train, val, SCHEDULE, pu.PruneConfig(loss="reconstruction"), progress=False)
+    with pytest.raises(ValueError, match="end at alpha = 0"):
+        pu.prune(model, train, val, [schedules.Stage(0.5, 0.5, 1)], progress=False)
+    with pytest.raises(ValueError, match="no branches"):
+        pu.prune(models.vgg16(width=0.125), train, val, SCHEDULE, progress=False)
