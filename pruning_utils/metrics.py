@@ -35,29 +35,34 @@ def layer_widths(model: nn.Module) -> list[tuple[str, int]]:
             for name, m in model.named_modules() if isinstance(m, LINEAR_TYPES)]
 
 
+def pruned_and_folded(model: nn.Module, keep_ratio, **attach_options) -> nn.Module:
+    """The folded network of a copy of ``model`` pruned at ``keep_ratio`` (branch weights as initialised)."""
+    pruned = attach_branches(copy.deepcopy(model), keep_ratio, **attach_options)
+    set_alpha(pruned, 0.0)
+    return fold(pruned)
+
+
 def folded_size(model: nn.Module, keep_ratio: float, input_shape: tuple[int, ...], **attach_options) -> dict:
     """Parameters and MACs of ``model`` before and after pruning at ``keep_ratio`` and folding.
 
     Works on a copy; ``model`` is not changed. ``attach_options`` go to :func:`attach_branches`.
     """
-    pruned = attach_branches(copy.deepcopy(model), keep_ratio, **attach_options)
-    set_alpha(pruned, 0.0)
-    small = fold(pruned)
+    small = pruned_and_folded(model, keep_ratio, **attach_options)
     before, after = count_parameters(model), count_parameters(small)
     macs_before, macs_after = count_macs(model, input_shape), count_macs(small, input_shape)
     return {"keep_ratio": keep_ratio, "params": before, "params_folded": after, "param_fraction": after / before,
             "macs": macs_before, "macs_folded": macs_after, "mac_fraction": macs_after / macs_before}
 
 
-def keep_ratio_for_fraction(model: nn.Module, fraction: float, input_shape: tuple[int, ...], tolerance: float = 0.005,
-                            **attach_options) -> float:
+def keep_ratio_for_fraction(model: nn.Module, fraction: float, tolerance: float = 0.005, **attach_options) -> float:
     """The uniform keep ratio whose folded model keeps about ``fraction`` of the parameters (bisection)."""
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    total = count_parameters(model)
     low, high = 0.01, 1.0
     for _ in range(30):
         mid = (low + high) / 2
-        got = folded_size(model, mid, input_shape, **attach_options)["param_fraction"]
+        got = count_parameters(pruned_and_folded(model, mid, **attach_options)) / total
         if abs(got - fraction) <= tolerance:
             return round(mid, 4)
         low, high = (mid, high) if got < fraction else (low, mid)

@@ -307,3 +307,14 @@ def _run_stage(model, stage: Stage, index: int, restart: bool, opt, sched, loss_
         if config.stage_patience is not None and stale >= config.stage_patience:
             break
     return records
+
+
+def load_stage(model: nn.Module, checkpoint_dir: str | Path, stage: int) -> nn.Module:
+    """A copy of the branched ``model`` with the weights and alpha saved after ``stage`` in ``checkpoint_dir``."""
+    found = stage_checkpoints(checkpoint_dir)
+    if stage not in found:
+        raise FileNotFoundError(f"no checkpoint of stage {stage} in {checkpoint_dir}; found stages {list(found)}")
+    copy_ = copy.deepcopy(model)
+    state = load_checkpoint(found[stage], map_location=next(model.parameters()).device)
+    load_model_state(copy_, state["model"], source=f"stage checkpoint {found[stage]}")
+    return copy_

@@ -57,8 +57,27 @@ def read_record(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def settings_key(settings: dict, length: int = 10) -> str:
-    """A short, stable hash of ``settings``: names checkpoint folders so other settings never resume them."""
+RUN_ONLY_PARAMETERS = ("OUTPUT_DIR", "PROGRESS", "RESUME", "INTERACTIVE", "INITS", "ORDERS")
+
+
+def settings_key(parameters: dict, profile, length: int = 10) -> str:
+    """A short, stable hash of a run's settings (its parameters, less those that do not change results,
+    and the profile that fills their None values): names checkpoint folders so that a run with other
+    settings never resumes them."""
+    import dataclasses
     import hashlib
 
+    settings = {k: v for k, v in parameters.items() if k not in RUN_ONLY_PARAMETERS}
+    settings["profile"] = dataclasses.asdict(profile)
     return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+def format_table(rows: list[dict], columns: list[str], formats: dict[str, str] | None = None) -> str:
+    """A plain-text table of ``rows`` (dicts) with the given ``columns``; ``formats`` maps column to format spec."""
+    formats = formats or {}
+    cells = [[format(row.get(c, ""), formats.get(c, "")) if row.get(c) is not None else "" for c in columns]
+             for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)

@@ -12,6 +12,12 @@ TINY = {
                                    "CROPS_PER_PHOTO": 2},
     "02_vgg16_pruning.ipynb": {"VGG_WIDTH": 0.0625, "BASELINE_EPOCHS": 1, "EPOCHS_PER_STAGE": 1, "DELTA": 0.5,
                                "RESUME": False},
+    "03_encoder_pruning.ipynb": {"AE_WIDTH": 0.0625, "AE_EPOCHS": 1, "CROPS_PER_PHOTO": 2, "EPOCHS_PER_STAGE": 1,
+                                 "DELTA": 0.5, "RESUME": False, "INTERACTIVE": False},
+    "04_decoder_pruning.ipynb": {"AE_WIDTH": 0.0625, "AE_EPOCHS": 1, "CROPS_PER_PHOTO": 2, "EPOCHS_PER_STAGE": 1,
+                                 "DELTA": 0.5, "RESUME": False},
+    "05_weight_folding.ipynb": {"SIZE_VGG_WIDTH": 0.25, "SIZE_AE_WIDTH": 0.25, "VGG_WIDTH": 0.0625, "AE_WIDTH": 0.0625,
+                                "PRUNE_EPOCHS": 1},
 }
 
 
@@ -27,12 +33,37 @@ def check_02(metrics, parameters):
     assert set(metrics["runs"]) == {"he", "l1"}
     for run in metrics["runs"].values():
         assert run["fold_relative_max_difference"] <= 1e-5
-        assert run["params_folded"] == round(metrics["param_fraction"] * metrics["baseline"]["params"])
+        assert run["params"] == round(metrics["param_fraction"] * metrics["baseline"]["params"])
         assert run["epochs"] == 2 and 0 <= run["test_acc"] <= 100
     assert metrics["cost"]["mac_ratio"] > 1 and metrics["cost"]["step_time_ratio"] > 0
 
 
-CHECKS = {"01_baseline_training.ipynb": check_01, "02_vgg16_pruning.ipynb": check_02}
+def check_03(metrics, parameters):
+    assert metrics["bottleneck"] == [44, 16, 16]
+    encoder = metrics["encoder"]
+    assert encoder["fold_relative_max_difference"] <= 1e-5 and encoder["params"] < metrics["baseline"]["params"]
+    assert encoder["test_psnr"] == pytest.approx(10 * math.log10(1 / encoder["test_loss"]))
+
+
+def check_04(metrics, parameters):
+    orders = metrics["orders"]
+    assert set(orders) == {"decoder", "encoder_then_decoder", "both"}
+    assert orders["encoder_then_decoder"]["params"] == orders["both"]["params"] < orders["decoder"]["params"]
+    assert orders["encoder_then_decoder"]["epochs"] == 2 * orders["both"]["epochs"]
+    assert all(o["fold_relative_max_difference"] <= 1e-5 for o in orders.values())
+
+
+def check_05(metrics, parameters):
+    assert len(metrics["sizes"]) == 3 * len(parameters["KEEP_RATIOS"])
+    assert all(row["max_relative_difference"] <= 1e-5 and row["params_folded"] < row["params"] for row in metrics["sizes"])
+    assert metrics["autoencoder"]["bottleneck"] == [44, 16, 16]
+    for model in ("vgg16", "autoencoder"):
+        assert metrics[model]["max_relative_difference"] <= 1e-5
+        assert metrics[model]["macs_folded"] < metrics[model]["macs"]
+
+
+CHECKS = {"01_baseline_training.ipynb": check_01, "02_vgg16_pruning.ipynb": check_02, "03_encoder_pruning.ipynb": check_03,
+          "04_decoder_pruning.ipynb": check_04, "05_weight_folding.ipynb": check_05}
 
 
 @pytest.mark.parametrize("notebook", notebooks.numbered_notebooks(), ids=lambda p: p.name)

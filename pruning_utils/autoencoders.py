@@ -1,0 +1,87 @@
+"""The autoencoder experiments of notebooks 03 and 04: shared set-up, pruning of a part, reconstructions."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import Profile, pick, resolve_path
+from .data import EMBEDDED, PhotoSplits, load_photos
+from .experiments import PruningResult, prune_and_fold
+from .metrics import count_macs, count_parameters
+from .pretrained import autoencoder_baseline
+from .pruning import PruneConfig, load_stage, stage_checkpoints
+from .schedules import Stage
+from .train import evaluate
+from .widgets import reconstruct
+
+INPUT_SHAPE = (3, 128, 128)
+PARTS = ("encoder", "decoder", "both")
+
+
+@dataclass
+class AutoencoderSetup:
+    """Photos, loaders, the trained baseline and its metrics, and a few validation crops to show."""
+
+    photos: PhotoSplits
+    loaders: tuple
+    baseline: nn.Module
+    baseline_metrics: dict
+    sample_images: torch.Tensor
+    progress: bool
+
+
+def setup(profile: Profile, photo_source=None, width=None, epochs=None, batch_size=None, lr=None,
+          crops_per_photo=None, seed: int = 0, device=None, progress: bool = True, samples: int = 4) -> AutoencoderSetup:
+    """Load the photos and train (or load) the baseline autoencoder with the profile's defaults for ``None``."""
+    source = pick(photo_source, profile.photo_source)
+    photos = load_photos(source if source == EMBEDDED else str(resolve_path(source)), seed=seed)
+    batch_size = pick(batch_size, profile.ae_batch_size)
+    crops = pick(crops_per_photo, profile.crops_per_photo)
+    baseline, history, _ = autoencoder_baseline(
+        photos, width=pick(width, profile.ae_width), epochs=pick(epochs, profile.ae_epochs), batch_size=batch_size,
+        crops_per_photo=crops, lr=pick(lr, profile.ae_lr), seed=seed, device=device, progress=progress)
+    loaders = photos.loaders(batch_size, crops, device=device, seed=seed)
+    test = evaluate(baseline, loaders[2], "reconstruction")
+    metrics = {"val_loss": history[-1]["val_loss"], "val_psnr": history[-1]["val_psnr"], "test_loss": test["loss"],
+               "test_psnr": test["psnr"], "params": count_parameters(baseline),
+               "macs": count_macs(baseline, INPUT_SHAPE), "epochs": len(history),
+               "train_seconds": sum(h["seconds"] for h in history)}
+    sample = photos.val_crops[:samples].float().div(255)
+    return AutoencoderSetup(photos, loaders, baseline, metrics, sample, progress)
+
+
+def prune_part(ae: AutoencoderSetup, part: str, keep_ratio: float, schedule: list[Stage], config: PruneConfig,
+               init: str, checkpoint_dir: str | Path, resume: bool = True,
+               model: nn.Module | None = None) -> PruningResult:
+    """Prune the ``part`` ("encoder", "decoder" or "both") of ``model`` (default: the baseline) and fold it."""
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {PARTS}, got {part!r}")
+    return prune_and_fold(model if model is not None else ae.baseline, keep_ratio, ae.loaders, schedule, config,
+                          task="reconstruction", input_shape=INPUT_SHAPE, include=None if part == "both" else [part],
+                          init=init, checkpoint_dir=Path(checkpoint_dir) / part, resume=resume, progress=ae.progress)
+
+
+@torch.inference_mode()
+def reconstruction_rows(ae: AutoencoderSetup, result: PruningResult, intermediate: int = 3) -> dict[str, torch.Tensor]:
+    """Rows for a reconstruction figure: originals, the baseline, up to ``intermediate`` stage checkpoints
+    with 0 < alpha < 1 (at their alpha), the pruned model at alpha 0, and the folded network."""
+    device = next(ae.baseline.parameters()).device
+    images = ae.sample_images.to(device)
+    rows = {"original": ae.sample_images, "baseline": ae.baseline.eval()(images).cpu()}
+    stages = []
+    if result.checkpoint_dir is not None:
+        for index in stage_checkpoints(result.checkpoint_dir):
+            staged = load_stage(result.model, result.checkpoint_dir, index)
+            alpha = next(h["alpha"] for h in reversed(result.history) if h["stage"] == index)
+            if 0 < alpha < 1:
+                stages.append((alpha, staged))
+    keep = sorted({round(i * (len(stages) - 1) / max(intermediate - 1, 1)) for i in range(intermediate)}) if stages else []
+    for i in keep:
+        alpha, staged = stages[i]
+        rows[f"alpha {alpha:.2f}"] = reconstruct(staged, images, alpha)
+    rows["alpha 0 (pruned)"] = reconstruct(result.model, images, 0.0)
+    rows["folded"] = result.folded.eval()(images).cpu()
+    return rows
