@@ -16,6 +16,7 @@ TINY = {
                                  "DELTA": 0.5, "RESUME": False, "INTERACTIVE": False},
     "04_decoder_pruning.ipynb": {"AE_WIDTH": 0.0625, "AE_EPOCHS": 1, "CROPS_PER_PHOTO": 2, "EPOCHS_PER_STAGE": 1,
                                  "DELTA": 0.5, "RESUME": False},
+    "06_benchmarking.ipynb": {"WIDTH": 0.0625, "BATCH_SIZES": [1, 2], "MIN_RUN_TIME": 0.01, "THREADS": 1},
     "05_weight_folding.ipynb": {"SIZE_VGG_WIDTH": 0.25, "SIZE_AE_WIDTH": 0.25, "VGG_WIDTH": 0.0625, "AE_WIDTH": 0.0625,
                                 "PRUNE_EPOCHS": 1},
 }
@@ -62,7 +63,13 @@ def check_05(metrics, parameters):
         assert metrics[model]["macs_folded"] < metrics[model]["macs"]
 
 
-CHECKS = {"01_baseline_training.ipynb": check_01, "02_vgg16_pruning.ipynb": check_02, "03_encoder_pruning.ipynb": check_03,
+def check_06(metrics, parameters):
+    assert len(metrics["rows"]) == 2 * len(parameters["BATCH_SIZES"]) * 3
+    assert {g["model"] for g in metrics["speedups"]} == {"vgg16", "autoencoder"}
+    assert all(g["mac_ratio"] > 1 and g["speedup"] > 0 for g in metrics["speedups"])
+
+
+CHECKS = {"06_benchmarking.ipynb": check_06, "01_baseline_training.ipynb": check_01, "02_vgg16_pruning.ipynb": check_02, "03_encoder_pruning.ipynb": check_03,
           "04_decoder_pruning.ipynb": check_04, "05_weight_folding.ipynb": check_05}
 
 
