@@ -99,6 +99,12 @@ def resolve_path(path: str | Path) -> Path:
     return path if path.is_absolute() else (REPO_ROOT / path).resolve()
 
 
+def show_progress(requested: bool) -> bool:
+    """Whether to draw progress bars: as requested, unless PRUNING_UTILS_PROGRESS=0 switches them all off
+    (the test suite does, so that nbval's kernels do not flood their output channel with widget updates)."""
+    return requested and os.environ.get("PRUNING_UTILS_PROGRESS", "1") != "0"
+
+
 def get_device(device: str | None = None) -> torch.device:
     """CUDA when present, else CPU; an explicit ``device`` string wins."""
     if device in (None, "", "auto"):

@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .branches import branched_units, freeze_original, get_alpha, set_alpha
+from .config import show_progress
 from .schedules import Stage, total_epochs
 from .train import (NonFiniteLossError, check_task, evaluate, load_checkpoint, load_model_state, make_optimizer,
                     make_scheduler, metric_name, save_checkpoint, steps_per_batch, train_epoch, _rng_state,
@@ -272,7 +273,7 @@ def _run_stage(model, stage: Stage, index: int, restart: bool, opt, sched, loss_
     stale = 0
     phase = "restart" if restart else "stage"
     bar = tqdm(range(stage.epochs), desc=f"{phase} {index} (alpha {stage.start:g}->{stage.end:g})",
-               disable=not progress, leave=False)
+               disable=not show_progress(progress), leave=False)
     for _ in bar:
         start = time.perf_counter()
         try:

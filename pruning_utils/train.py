@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .config import show_progress
+
 TASKS = ("classification", "reconstruction")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULERS = ("onecycle", "cosine", "plateau", "none")
@@ -112,7 +114,7 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
     """
     model.train()
     total, count = 0.0, 0
-    bar = tqdm(loader, desc=description, leave=False, disable=not progress)
+    bar = tqdm(loader, desc=description, leave=False, disable=not show_progress(progress))
     for x, y in bar:
         if before_step is not None:
             before_step()
@@ -218,7 +220,7 @@ def fit(model: nn.Module, train_loader, val_loader, *, task: str, epochs: int, l
         history = list(state["history"])
 
     loss_fn = supervised_loss(task)
-    bar = tqdm(range(len(history), epochs), desc="epochs", disable=not progress)
+    bar = tqdm(range(len(history), epochs), desc="epochs", disable=not show_progress(progress))
     for epoch in bar:
         start = time.perf_counter()
         train = train_epoch(model, train_loader, opt, loss_fn, sched, progress=progress, description=f"epoch {epoch + 1}")

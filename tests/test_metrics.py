@@ -60,3 +60,10 @@ def test_paths_resolve_from_the_repository_root(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="profile"):
         config.get_profile("huge")
     assert config.get_device("cpu") == torch.device("cpu")
+
+
+def test_progress_bars_can_be_switched_off_for_everything(monkeypatch):
+    monkeypatch.setenv("PRUNING_UTILS_PROGRESS", "1")
+    assert config.show_progress(True) and not config.show_progress(False)
+    monkeypatch.setenv("PRUNING_UTILS_PROGRESS", "0")
+    assert not config.show_progress(True)
