@@ -410,7 +410,3 @@ def freeze_original(model: nn.Module, frozen: bool = True) -> None:
         unit.original.requires_grad_(not frozen)
         unit.train(unit.training)
 
-
-def branch_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Parameters of the branches and expansions (what survives folding, besides unpruned layers)."""
-    return [p for unit in branched_units(model).values() for p in (*unit.branch.parameters(), *unit.expand.parameters())]

@@ -238,7 +238,3 @@ def fit(model: nn.Module, train_loader, val_loader, *, task: str, epochs: int, l
                             rng=_rng_state(), history=history, meta=meta or {})
     return history
 
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (CPU for a model without parameters)."""
-    return next((p.device for p in model.parameters()), torch.device("cpu"))

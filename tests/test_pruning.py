@@ -1,6 +1,5 @@
 import pytest
 import torch
-from torch import nn
 
 import pruning_utils as pu
 from pruning_utils import branches, data, models, pruning, schedules
