@@ -1,18 +1,29 @@
 """Benchmark what pruning buys: ``python -m pruning_utils.bench --help``.
 
-For each model (VGG16, the autoencoder) and variant (the original; the branched model at alpha = 0
-before folding; the folded network): parameters, MACs (torch.utils.flop_counter), checkpoint bytes,
-inference time per image on CPU (and on GPU where present) for several batch sizes, and memory:
+For each model (VGG16 on 3x32x32, the autoencoder on 3x128x128) three variants: ``original``; ``mixed_alpha0``,
+the branched model at alpha = 0 before folding (original layers skipped, expansions still separate 1x1
+layers); ``folded``, the plain network that folding returns. Weights are random (seeded) unless a baseline
+checkpoint or a folded file is given: speed does not depend on their values, subnormal numbers aside
+(``subnormal_weights`` counts them; folding flushes them). One row per model, variant and batch size:
 
-* ``peak_rss_mb``: the peak resident set size (``ru_maxrss``) of a fresh Python process that imports
-  torch, builds the model, loads its weights and runs one inference batch; ``rss_increase_mb`` is that
-  peak minus the process's resident size right after importing torch, i.e. what the model and its
-  inference added. One process per model and batch, so one model's allocations never count for another.
-* ``peak_gpu_allocated_mb`` (GPU only): ``torch.cuda.max_memory_allocated`` over one inference batch,
-  weights included, after resetting the peak statistics. Not utilisation, not the caching allocator's reserve.
+* ``params``, ``macs`` (one image, ``torch.utils.flop_counter``), ``checkpoint_bytes`` (``torch.save`` of the
+  state_dict on disk), ``threads`` (torch's intra-op CPU threads during every timing);
+* ``cpu_s_per_image`` (and ``cuda_...`` where a GPU is used): seconds per image of one eval-mode forward of a
+  batch under ``torch.inference_mode``, timed by ``torch.utils.benchmark.Timer.blocked_autorange`` after a
+  warm-up; the median of its blocks (over ``repeats`` runs, which alternate between the variants: the median
+  of their medians), ``_iqr_`` their interquartile range, ``_min_``/``_max_`` the extreme medians of the repeats.
+  The Timer synchronises CUDA before reading the clock;
+* ``peak_ram_mib`` (largest batch only): the peak resident set size (VmHWM) of a fresh Python process that
+  imports torch and this package, loads the model from a file and runs one batch on the CPU; ``ram_increase_mib``:
+  that peak minus the peak right after the imports, i.e. what the weights and the inference added. One process
+  per model, so one model's allocations never count for another (``ru_maxrss`` is not used: a child inherits
+  its parent's value across fork and exec);
+* ``cuda_peak_allocated_mib``: ``torch.cuda.max_memory_allocated`` over one batch minus what was allocated
+  before the model went to the GPU: weights, input and activations; not the caching allocator's reserve
+  and not the CUDA context.
 
-Times come from ``torch.utils.benchmark.Timer.blocked_autorange`` after a warm-up: the median and the
-interquartile range of its blocked measurements, divided by the batch size; CUDA is synchronised by the Timer.
+The speed-up lines compare each variant with the original at the same batch size and device: speed-up (time
+ratio), MAC ratio, and efficiency = speed-up / MAC ratio (1.0: as fast as the MAC count allows).
 """
 from __future__ import annotations
 
@@ -21,6 +32,7 @@ import copy
 import csv
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -32,66 +44,107 @@ import torch.utils.benchmark as benchmark
 from torch import nn
 
 from .branches import attach_branches, set_alpha
-from .folding import fold, fuse_batchnorm, load_plain, save_plain
-from .metrics import count_macs, count_parameters
-from .models import RGBAutoencoder, vgg16
-from .records import machine
+from .config import PACKAGE_DIR, RUNS_DIR
+from .folding import fold, fuse_batchnorm, load_plain
+from .metrics import count_macs
+from .models import RGBAutoencoder, count_parameters, vgg16
+from .records import format_table, machine
+from .train import load_checkpoint, load_model_state
 
 MODELS = {"vgg16": (3, 32, 32), "autoencoder": (3, 128, 128)}
 VARIANTS = ("original", "mixed_alpha0", "folded")
 AE_PARTS = {"encoder": ["encoder"], "decoder": ["decoder"], "both": None}
+DEVICES = ("auto", "cpu", "cuda")
+MIB = 2**20
 
 
-def _make_original(kind: str, width: float) -> nn.Module:
+# --------------------------------------------------------------------------------------------
+# The models
+# --------------------------------------------------------------------------------------------
+def original_model(kind: str, width: float = 1.0, checkpoint: str | Path | None = None) -> nn.Module:
+    """The unpruned model in eval mode: random weights, or those of a baseline checkpoint (a training checkpoint
+    of ``pretrained`` or a bare state_dict) of the same ``kind`` and ``width``."""
     if kind not in MODELS:
         raise ValueError(f"unknown model {kind!r}; choose from {sorted(MODELS)}")
-    return vgg16(width=width) if kind == "vgg16" else RGBAutoencoder(width=width)
+    saved = load_checkpoint(checkpoint) if checkpoint else {}
+    meta = saved.get("meta", {})
+    if meta.get("model", kind) != kind or meta.get("width", width) != width:
+        raise ValueError(f"{checkpoint} holds a {meta.get('model', kind)} of width {meta.get('width')}, "
+                         f"not a {kind} of width {width}: pass that model and width")
+    if kind == "vgg16":
+        model = vgg16(meta.get("num_classes", 10), width, meta.get("classifier", "linear"))
+    else:
+        model = RGBAutoencoder(width, meta.get("bottleneck", 128))
+    if checkpoint:
+        load_model_state(model, saved.get("model", saved), source=f"checkpoint {checkpoint}")
+    return model.eval()
 
 
-def _make_mixed(original: nn.Module, kind: str, keep_ratio: float, ae_part: str, channel_multiple: int) -> nn.Module:
-    include = AE_PARTS[ae_part] if kind == "autoencoder" else None
+def build_variants(kind: str, width: float = 1.0, keep_ratio: float = 0.59, include=None, channel_multiple: int = 1,
+                   fuse_bn: bool = False, seed: int = 0, checkpoint: str | Path | None = None,
+                   folded_file: str | Path | None = None) -> dict[str, nn.Module]:
+    """``{"original", "mixed_alpha0", "folded"}``: the original, its branched copy at alpha = 0 (He-initialised
+    branches on the units that ``include`` selects, kept channels rounded to ``channel_multiple``) and its fold.
+
+    ``fuse_bn`` fuses BatchNorm into the convolutions of the original and the folded network alike (the mixed
+    model stays as it is). ``folded_file``: a network saved by ``folding.save_plain`` stands for the folded
+    variant, and no mixed variant is built.
+    """
+    _check_keep_ratio(keep_ratio)
+    torch.manual_seed(seed)
+    original = original_model(kind, width, checkpoint)
+    if folded_file:
+        return {"original": _fused(original, fuse_bn), "folded": _fused(load_plain(folded_file), fuse_bn)}
     mixed = attach_branches(copy.deepcopy(original), keep_ratio, include=include, channel_multiple=channel_multiple)
     set_alpha(mixed, 0.0)
-    return mixed.eval()
+    folded = fold(mixed.eval(), fuse_bn=fuse_bn)
+    return {"original": _fused(original, fuse_bn), "mixed_alpha0": mixed, "folded": folded.eval()}
 
 
-def build_variants(kind: str, width: float = 1.0, keep_ratio: float = 0.59, ae_part: str = "encoder",
-                   channel_multiple: int = 1, seed: int = 0, fuse_bn: bool = False) -> dict[str, nn.Module]:
-    """The original (random weights, seeded), its branched copy at alpha = 0, and the folded network.
+def _fused(model: nn.Module, fuse_bn: bool) -> nn.Module:
+    return fuse_batchnorm(model) if fuse_bn else model
 
-    ``fuse_bn`` fuses BatchNorm into the preceding layers of the original and the folded network alike.
-    """
+
+def _check_keep_ratio(keep_ratio: float) -> None:
     if not 0 < keep_ratio <= 1:
         raise ValueError(f"keep ratio must be in (0, 1], got {keep_ratio}")
-    if ae_part not in AE_PARTS:
-        raise ValueError(f"ae_part must be one of {sorted(AE_PARTS)}, got {ae_part!r}")
-    torch.manual_seed(seed)
-    original = _make_original(kind, width).eval()
-    mixed = _make_mixed(original, kind, keep_ratio, ae_part, channel_multiple)
-    folded = fold(mixed, fuse_bn=fuse_bn).eval()
-    return {"original": fuse_batchnorm(original) if fuse_bn else original, "mixed_alpha0": mixed, "folded": folded}
 
 
-def time_per_image(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, device: torch.device,
-                   threads: int, min_run_time: float, channels_last: bool = False, repeats: int = 1) -> dict[str, float]:
-    """Seconds per image of eval-mode inference: the median over ``repeats`` independent
-    ``blocked_autorange`` measurements of their medians, their smallest and largest, and the median IQR."""
+# --------------------------------------------------------------------------------------------
+# The measurements
+# --------------------------------------------------------------------------------------------
+def time_per_image(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, device: str = "cpu",
+                   threads: int | None = None, min_run_time: float = 1.0, repeats: int = 1,
+                   channels_last: bool = False) -> dict[str, float]:
+    """Seconds per image of eval-mode inference on a batch (``model`` is moved to ``device``).
+
+    ``repeats`` ``blocked_autorange`` runs of at least ``min_run_time`` seconds each, after three warm-up calls,
+    all with ``threads`` CPU threads (default: torch's current setting); summarised by :func:`summarize`.
+    """
     layout = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=layout).eval()
     x = torch.randn(batch_size, *input_shape, device=device).contiguous(memory_format=layout)
 
-    def run():
+    def forward():
         with torch.inference_mode():
             model(x)
 
-    for _ in range(3):
-        run()
-    timer = benchmark.Timer(stmt="run()", globals={"run": run}, num_threads=threads)
-    measurements = [timer.blocked_autorange(min_run_time=min_run_time) for _ in range(repeats)]
-    medians = sorted(m.median / batch_size for m in measurements)
-    return {"s_per_image": statistics.median(medians), "min_s_per_image": medians[0], "max_s_per_image": medians[-1],
-            "iqr_s_per_image": statistics.median(m.iqr for m in measurements) / batch_size, "repeats": repeats,
-            "blocks": sum(len(m.times) for m in measurements)}
+    timer = benchmark.Timer(stmt="forward()", globals={"forward": forward},
+                            num_threads=threads or torch.get_num_threads())
+    timer.timeit(1)  # warm-up: Timer.timeit makes two untimed calls and one timed call
+    runs = [timer.blocked_autorange(min_run_time=min_run_time) for _ in range(repeats)]
+    return summarize([{"s_per_image": r.median / batch_size, "iqr_s_per_image": r.iqr / batch_size,
+                       "blocks": len(r.times)} for r in runs])
+
+
+def summarize(runs: list[dict]) -> dict[str, float]:
+    """Timing runs (each with ``s_per_image``, ``iqr_s_per_image``, ``blocks``) as one: the median of their
+    medians, the median of their interquartile ranges, the smallest and largest median, the blocks in all."""
+    medians = sorted(r["s_per_image"] for r in runs)
+    return {"s_per_image": statistics.median(medians),
+            "iqr_s_per_image": statistics.median(r["iqr_s_per_image"] for r in runs),
+            "min_s_per_image": medians[0], "max_s_per_image": medians[-1],
+            "blocks": sum(r["blocks"] for r in runs)}
 
 
 def checkpoint_bytes(model: nn.Module) -> int:
@@ -102,176 +155,280 @@ def checkpoint_bytes(model: nn.Module) -> int:
         return path.stat().st_size
 
 
-def peak_gpu_memory_mb(model: nn.Module, input_shape: tuple[int, ...], batch_size: int) -> float:
-    """Peak bytes allocated on the GPU during one inference batch (weights included), in MiB."""
-    model = model.to("cuda").eval()
+def subnormal_weights(model: nn.Module) -> int:
+    """Number of subnormal values in the parameters and buffers (they can slow CPU kernels down)."""
+    return sum(int(((t != 0) & (t.abs() < torch.finfo(t.dtype).tiny)).sum())
+               for t in model.state_dict().values() if t.is_floating_point())
+
+
+def peak_cuda_memory_mib(model: nn.Module, input_shape: tuple[int, ...], batch_size: int,
+                         channels_last: bool = False) -> float:
+    """MiB allocated on the GPU at the peak of one inference batch (weights, input, activations), over what was
+    allocated before; ``model`` is left on the CPU."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model.to("cpu")
     torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    model.to(device="cuda", memory_format=layout)
     torch.cuda.reset_peak_memory_stats()
     with torch.inference_mode():
-        model(torch.randn(batch_size, *input_shape, device="cuda"))
+        model(torch.randn(batch_size, *input_shape, device="cuda").contiguous(memory_format=layout))
     torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() / 2**20
+    peak = torch.cuda.max_memory_allocated() - before
+    model.to("cpu")
+    return peak / MIB
 
 
-def peak_ram_mb(spec: dict, model: nn.Module, batch_size: int, threads: int) -> dict[str, float]:
-    """Peak RSS of a fresh process that loads ``model`` (rebuilt from ``spec``) and runs one batch on the CPU."""
+def peak_ram_subprocess(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, threads: int = 1,
+                        channels_last: bool = False) -> dict[str, float]:
+    """Peak RAM of one CPU inference batch of ``model`` in a fresh Python process (see the module docstring):
+    ``peak_ram_mib`` and ``ram_increase_mib`` over the process's peak after importing torch and this package."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.pt"
-        if spec["variant"] == "folded":
-            save_plain(model, path)
-        else:
-            torch.save(model.state_dict(), path)
-        job = dict(spec, path=str(path), batch_size=batch_size, threads=threads)
-        done = subprocess.run([sys.executable, "-m", "pruning_utils.bench", "--measure-ram", json.dumps(job)],
-                              capture_output=True, text=True, check=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+        torch.save(model, path)  # the whole module: loading it allocates the weights once, with no second copy
+        job = {"path": str(path), "input_shape": list(input_shape), "batch_size": batch_size, "threads": threads,
+               "channels_last": channels_last}
+        code = "import sys; from pruning_utils import bench; bench._measure_ram_here(sys.argv[1])"
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(PACKAGE_DIR.parent),
+                                                                         os.environ.get("PYTHONPATH")])))
+        done = subprocess.run([sys.executable, "-c", code, json.dumps(job)], capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise RuntimeError(f"the peak-RAM subprocess failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _measure_ram_in_this_process(job: dict) -> dict[str, float]:
+def _peak_rss_mib() -> float:
+    """This process's peak resident set size: VmHWM on Linux (fresh at exec), else ru_maxrss."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        line = next(x for x in status.read_text().splitlines() if x.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024
     import resource
 
-    def rss_mb() -> float:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (MIB if sys.platform == "darwin" else 1024)
 
+
+def _measure_ram_here(job_json: str) -> None:
+    """The subprocess side of :func:`peak_ram_subprocess`: print the two figures as JSON."""
+    job = json.loads(job_json)
     torch.set_num_threads(job["threads"])
-    after_import = rss_mb()
-    if job["variant"] == "folded":
-        model = load_plain(job["path"])
-    else:
-        model = _make_original(job["kind"], job["width"]).eval()
-        if job["variant"] == "mixed_alpha0":
-            model = _make_mixed(model, job["kind"], job["keep_ratio"], job["ae_part"], job["channel_multiple"])
-        elif job["fuse_bn"]:
-            model = fuse_batchnorm(model)
-        model.load_state_dict(torch.load(job["path"], weights_only=True))
-    model.eval()
+    after_imports = _peak_rss_mib()
+    layout = torch.channels_last if job["channels_last"] else torch.contiguous_format
+    model = torch.load(job["path"], weights_only=False).eval()  # our own temporary file
+    model.to(memory_format=layout)
     with torch.inference_mode():
-        model(torch.randn(job["batch_size"], *MODELS[job["kind"]]))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"peak_rss_mb": peak, "rss_increase_mb": peak - after_import}
+        model(torch.randn(job["batch_size"], *job["input_shape"]).contiguous(memory_format=layout))
+    peak = _peak_rss_mib()
+    print(json.dumps({"peak_ram_mib": peak, "ram_increase_mib": peak - after_imports}))
+
+
+# --------------------------------------------------------------------------------------------
+# The benchmark
+# --------------------------------------------------------------------------------------------
+def resolve_devices(device: str = "auto") -> list[str]:
+    """``"auto"``: the CPU, and the GPU where present; ``"cpu"`` or ``"cuda"``: that one alone."""
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for, but torch sees no CUDA GPU")
+    if device == "auto":
+        return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    return [device]
+
+
+def check_settings(models, keep_ratio: float = 0.59, batch_sizes=(1,), threads: int | None = None,
+                   min_run_time: float = 1.0, repeats: int = 1, ae_part: str = "encoder", one_model_file: bool = False
+                   ) -> None:
+    """Raise a ValueError naming the first setting that cannot be benchmarked (``one_model_file``: a checkpoint
+    or folded file was given, which belongs to a single model)."""
+    unknown = sorted(set(models) - set(MODELS))
+    if unknown or not models:
+        raise ValueError(f"unknown models {unknown or list(models)}; choose from {sorted(MODELS)}")
+    _check_keep_ratio(keep_ratio)
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise ValueError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    if not min_run_time > 0 or repeats < 1:
+        raise ValueError(f"min run time must be positive and repeats at least 1, got {min_run_time} and {repeats}")
+    if ae_part not in AE_PARTS:
+        raise ValueError(f"ae_part must be one of {sorted(AE_PARTS)}, got {ae_part!r}")
+    if one_model_file and len(models) != 1:
+        raise ValueError("a checkpoint or folded file belongs to one model: benchmark a single model with it")
+
+
+def measure(kind: str, variants: dict[str, nn.Module], batch_sizes, devices=("cpu",), threads: int | None = None,
+            min_run_time: float = 1.0, repeats: int = 1, channels_last: bool = False, ram: bool = True) -> list[dict]:
+    """Rows of every variant of one model at every batch size (columns: see the module docstring).
+
+    The ``repeats`` timing runs of each case alternate between the variants, so that a slow spell of the
+    machine does not fall on one variant alone.
+    """
+    shape, threads = MODELS[kind], threads or torch.get_num_threads()
+    batch_sizes = sorted(set(batch_sizes))
+    rows = {}
+    for variant, model in variants.items():
+        size = {"params": count_parameters(model), "macs": count_macs(model, shape),
+                "checkpoint_bytes": checkpoint_bytes(model), "subnormal_weights": subnormal_weights(model)}
+        rows[variant] = {b: {"model": kind, "variant": variant, "batch_size": b, **size, "threads": threads,
+                             "channels_last": channels_last} for b in batch_sizes}
+    for device in devices:
+        for b in batch_sizes:
+            runs = {variant: [] for variant in variants}
+            for _ in range(repeats):
+                for variant, model in variants.items():
+                    timing = time_per_image(model, shape, b, device, threads, min_run_time, 1, channels_last)
+                    runs[variant].append(timing)
+            for variant, model in variants.items():
+                rows[variant][b].update({f"{device}_{k}": v for k, v in summarize(runs[variant]).items()})
+                if device == "cuda":
+                    rows[variant][b]["cuda_peak_allocated_mib"] = peak_cuda_memory_mib(model, shape, b, channels_last)
+        for model in variants.values():
+            model.to("cpu")
+    if ram:
+        for variant, model in variants.items():
+            rows[variant][batch_sizes[-1]].update(peak_ram_subprocess(model, shape, batch_sizes[-1], threads,
+                                                                      channels_last))
+    return [row for by_batch in rows.values() for row in by_batch.values()]
 
 
 def run(models=("vgg16", "autoencoder"), width: float = 1.0, keep_ratio: float = 0.59, ae_part: str = "encoder",
         batch_sizes=(1, 8, 32), threads: int | None = None, min_run_time: float = 1.0, channel_multiple: int = 1,
-        ram: bool = True, gpu: bool | None = None, fuse_bn: bool = False, channels_last: bool = False,
-        repeats: int = 1) -> list[dict]:
-    """One row per model, variant and batch size (see the module docstring for what each column measures)."""
-    threads = threads or torch.get_num_threads()
-    gpu = torch.cuda.is_available() if gpu is None else gpu
-    if any(b < 1 for b in batch_sizes):
-        raise ValueError(f"batch sizes must be positive, got {batch_sizes}")
-    unknown = sorted(set(models) - set(MODELS))
-    if unknown:
-        raise ValueError(f"unknown models {unknown}; choose from {sorted(MODELS)}")
+        device: str = "auto", ram: bool = True, fuse_bn: bool = False, channels_last: bool = False, repeats: int = 1,
+        checkpoint: str | Path | None = None, folded_file: str | Path | None = None) -> list[dict]:
+    """Benchmark every variant of each model; one row per model, variant and batch size.
+
+    ``ae_part``: the autoencoder's units that are pruned (VGG16: all). ``checkpoint`` / ``folded_file`` (one
+    model only): see :func:`build_variants`.
+    """
+    check_settings(models, keep_ratio, batch_sizes, threads, min_run_time, repeats, ae_part,
+                   bool(checkpoint or folded_file))
+    devices = resolve_devices(device)
+    settings = {"width": width, "keep_ratio": keep_ratio, "channel_multiple": channel_multiple, "fuse_bn": fuse_bn}
     rows = []
     for kind in models:
-        shape = MODELS[kind]
-        variants = build_variants(kind, width, keep_ratio, ae_part, channel_multiple, fuse_bn=fuse_bn)
-        for variant, model in variants.items():
-            common = {"model": kind, "variant": variant, "width": width, "keep_ratio": keep_ratio,
-                      "params": count_parameters(model), "macs": count_macs(model, shape),
-                      "checkpoint_bytes": checkpoint_bytes(model), "threads": threads, "fuse_bn": fuse_bn,
-                      "channels_last": channels_last}
-            spec = {"kind": kind, "variant": variant, "width": width, "keep_ratio": keep_ratio, "ae_part": ae_part,
-                    "channel_multiple": channel_multiple, "fuse_bn": fuse_bn}
-            for batch in batch_sizes:
-                row = dict(common, batch_size=batch,
-                           **{f"cpu_{k}": v for k, v in time_per_image(model, shape, batch, torch.device("cpu"), threads,
-                                                                        min_run_time, channels_last, repeats).items()})
-                if gpu:
-                    row.update({f"gpu_{k}": v for k, v in time_per_image(
-                        model, shape, batch, torch.device("cuda"), threads, min_run_time, channels_last,
-                        repeats).items()})
-                    row["peak_gpu_allocated_mb"] = peak_gpu_memory_mb(model, shape, batch)
-                    model.to("cpu")
-                if ram and batch == max(batch_sizes):
-                    row.update(peak_ram_mb(spec, model, batch, threads))
-                rows.append(row)
+        include = AE_PARTS[ae_part] if kind == "autoencoder" else None
+        variants = build_variants(kind, width, keep_ratio, include, channel_multiple, fuse_bn,
+                                  checkpoint=checkpoint, folded_file=folded_file)
+        measured = measure(kind, variants, batch_sizes, devices, threads, min_run_time, repeats, channels_last, ram)
+        rows += [{"model": kind, "variant": row["variant"], **settings, **row} for row in measured]
     return rows
 
 
 def speedups(rows: list[dict], device: str = "cpu") -> list[dict]:
-    """Per model and batch size: the folded network's speed-up over the original, its MAC ratio, and
-    their quotient (1.0: as fast as the MAC count allows)."""
-    index = {(r["model"], r["variant"], r["batch_size"]): r for r in rows}
+    """Each pruned variant against the original (same model and batch size) on ``device``: speed-up,
+    MAC ratio, parameter ratio, and efficiency = speed-up / MAC ratio."""
+    key = f"{device}_s_per_image"
+    originals = {(r["model"], r["batch_size"]): r for r in rows if r["variant"] == "original" and key in r}
     out = []
-    for (kind, variant, batch), folded in index.items():
-        original = index.get((kind, "original", batch))
-        if variant != "folded" or original is None or f"{device}_s_per_image" not in folded:
+    for row in rows:
+        base = originals.get((row["model"], row["batch_size"]))
+        if row["variant"] == "original" or base is None or key not in row:
             continue
-        speedup = original[f"{device}_s_per_image"] / folded[f"{device}_s_per_image"]
-        mac_ratio = original["macs"] / folded["macs"]
-        out.append({"model": kind, "device": device, "batch_size": batch, "speedup": speedup, "mac_ratio": mac_ratio,
-                    "efficiency": speedup / mac_ratio, "param_ratio": original["params"] / folded["params"]})
+        speedup, mac_ratio = base[key] / row[key], base["macs"] / row["macs"]
+        out.append({"model": row["model"], "variant": row["variant"], "device": device,
+                    "batch_size": row["batch_size"], "speedup": speedup, "mac_ratio": mac_ratio,
+                    "efficiency": speedup / mac_ratio, "param_ratio": base["params"] / row["params"]})
     return out
 
 
-COLUMNS = ["model", "variant", "batch_size", "params", "macs", "checkpoint_bytes", "cpu_s_per_image",
-           "cpu_iqr_s_per_image", "gpu_s_per_image", "peak_rss_mb", "rss_increase_mb", "peak_gpu_allocated_mb"]
+def all_speedups(rows: list[dict]) -> list[dict]:
+    """:func:`speedups` on every device the rows were timed on."""
+    return [s for device in ("cpu", "cuda") for s in speedups(rows, device)]
 
 
-def write(rows: list[dict], out: Path, command: str) -> tuple[Path, Path]:
-    """Write the rows as CSV and, with the speed-ups, the machine and the command, as JSON."""
+# --------------------------------------------------------------------------------------------
+# Report and command line
+# --------------------------------------------------------------------------------------------
+def format_report(rows: list[dict]) -> str:
+    """The table of rows (times in ms per image) and the table of speed-ups, as text."""
+    devices = [d for d in ("cpu", "cuda") if any(f"{d}_s_per_image" in r for r in rows)]
+    table = []
+    for r in rows:
+        line = {k: r[k] for k in ("model", "variant", "batch_size", "params", "macs", "checkpoint_bytes")}
+        for d in devices:
+            line[f"{d} ms/image"] = 1e3 * r[f"{d}_s_per_image"] if f"{d}_s_per_image" in r else None
+            line[f"{d} IQR"] = 1e3 * r[f"{d}_iqr_s_per_image"] if f"{d}_s_per_image" in r else None
+        line.update({"peak RAM MiB": r.get("peak_ram_mib"), "RAM added MiB": r.get("ram_increase_mib"),
+                     "GPU peak MiB": r.get("cuda_peak_allocated_mib")})
+        table.append(line)
+    columns = [c for c in table[0] if any(line[c] is not None for line in table)]
+    formats = {"params": ",", "macs": ",", "checkpoint_bytes": ",", "peak RAM MiB": ".0f", "RAM added MiB": ".0f",
+               "GPU peak MiB": ".1f", **{f"{d} ms/image": ".4g" for d in devices},
+               **{f"{d} IQR": ".2g" for d in devices}}
+    gains = all_speedups(rows)
+    threads = sorted({r["threads"] for r in rows})
+    text = [f"CPU threads: {', '.join(map(str, threads))}", format_table(table, columns, formats)]
+    if gains:
+        text += ["", "speed-up over the original (efficiency = speed-up / MAC ratio):",
+                 format_table(gains, ["model", "variant", "device", "batch_size", "speedup", "mac_ratio", "efficiency"],
+                              {"speedup": ".2f", "mac_ratio": ".2f", "efficiency": ".2f"})]
+    return "\n".join(text)
+
+
+def write_results(rows: list[dict], out: Path, name: str = "bench", command: str = "", settings: dict | None = None
+                  ) -> tuple[Path, Path]:
+    """Write ``{name}.csv`` (the rows) and ``{name}.json`` (command, settings, machine, rows, speed-ups)."""
     out.mkdir(parents=True, exist_ok=True)
-    csv_path, json_path = out / "bench.csv", out / "bench.json"
-    fields = sorted({k for r in rows for k in r}, key=lambda k: (COLUMNS + [k]).index(k))
+    csv_path, json_path = out / f"{name}.csv", out / f"{name}.json"
+    fields = list(dict.fromkeys(k for r in rows for k in r))
     with open(csv_path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    devices = ["cpu"] + (["gpu"] if any("gpu_s_per_image" in r for r in rows) else [])
-    json_path.write_text(json.dumps({"command": command, "machine": machine(), "rows": rows,
-                                     "speedups": [s for d in devices for s in speedups(rows, d)]}, indent=2) + "\n")
+    record = {"command": command, "settings": settings or {}, "machine": machine(), "rows": rows,
+              "speedups": all_speedups(rows)}
+    json_path.write_text(json.dumps(record, indent=2) + "\n")
     return csv_path, json_path
 
 
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pruning_utils.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["vgg16", "autoencoder"], choices=sorted(MODELS))
+    p.add_argument("--width", type=float, default=1.0, help="channel multiplier of the models (default 1.0)")
+    p.add_argument("--keep-ratio", type=float, default=0.59,
+                   help="keep ratio r in (0, 1] of every pruned unit (default 0.59: about 35%% of VGG16's parameters)")
+    p.add_argument("--ae-part", default="encoder", choices=sorted(AE_PARTS),
+                   help="autoencoder units pruned (default encoder)")
+    p.add_argument("--channel-multiple", type=int, default=1, help="round kept channels to a multiple of this, e.g. 8")
+    p.add_argument("--fuse-bn", action="store_true",
+                   help="fuse BatchNorm into the original's and the folded network's layers")
+    p.add_argument("--channels-last", action="store_true", help="run every variant in the channels_last memory format")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32], help="batch sizes (default 1 8 32)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for every timing (default: torch's current)")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="auto: CPU, and CUDA where present (default)")
+    p.add_argument("--min-run-time", type=float, default=1.0, help="seconds of measurement per timing run (default 1)")
+    p.add_argument("--repeats", type=int, default=1, help="timing runs per case; their median is reported (default 1)")
+    p.add_argument("--no-ram", action="store_true", help="skip the peak-RAM subprocesses")
+    p.add_argument("--checkpoint", type=Path, help="baseline checkpoint for the original (one model only)")
+    p.add_argument("--folded-file", type=Path, help="a save_plain file to use as the folded variant (one model only)")
+    p.add_argument("--out", type=Path, default=RUNS_DIR / "bench",
+                   help=f"folder for the CSV and JSON (default {RUNS_DIR / 'bench'})")
+    p.add_argument("--name", default="bench", help="file stem of the CSV and JSON (default bench)")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["vgg16", "autoencoder"], choices=sorted(MODELS))
-    parser.add_argument("--width", type=float, default=1.0, help="channel multiplier of both models (default 1.0)")
-    parser.add_argument("--keep-ratio", type=float, default=0.59, help="keep ratio r of every pruned unit (0.59: ~35%% of VGG16's parameters)")
-    parser.add_argument("--ae-part", default="encoder", choices=sorted(AE_PARTS), help="autoencoder units to prune")
-    parser.add_argument("--channel-multiple", type=int, default=1, help="round kept channels to a multiple of this")
-    parser.add_argument("--fuse-bn", action="store_true", help="fuse BatchNorm into convolutions (original and folded alike)")
-    parser.add_argument("--channels-last", action="store_true", help="run every variant in the channels_last memory format")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default on this machine)")
-    parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds of measurement per timing")
-    parser.add_argument("--repeats", type=int, default=1, help="independent timings per case; the median is reported")
-    parser.add_argument("--no-ram", action="store_true", help="skip the subprocess peak-RAM measurement")
-    parser.add_argument("--out", type=Path, default=None, help="folder for bench.csv and bench.json (default: print only)")
-    parser.add_argument("--measure-ram", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.measure_ram:
-        print(json.dumps(_measure_ram_in_this_process(json.loads(args.measure_ram))))
-        return 0
-    if not 0 < args.keep_ratio <= 1:
-        parser.error(f"--keep-ratio must be in (0, 1], got {args.keep_ratio}")
-    rows = run(args.models, args.width, args.keep_ratio, args.ae_part, args.batch_sizes, args.threads,
-               args.min_run_time, args.channel_multiple, ram=not args.no_ram, fuse_bn=args.fuse_bn,
-               channels_last=args.channels_last, repeats=args.repeats)
-    print(format_rows(rows))
-    if args.out:
-        command = "python -m pruning_utils.bench " + " ".join(argv if argv is not None else sys.argv[1:])
-        for path in write(rows, args.out, command):
-            print("wrote", path)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    cli = parser()
+    args = cli.parse_args(argv)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("out", "name")}
+    settings["threads"] = args.threads or torch.get_num_threads()
+    try:
+        check_settings(args.models, args.keep_ratio, args.batch_sizes, args.threads, args.min_run_time, args.repeats,
+                       args.ae_part, bool(args.checkpoint or args.folded_file))
+        resolve_devices(args.device)
+    except ValueError as err:
+        cli.error(str(err))
+    rows = run(args.models, args.width, args.keep_ratio, args.ae_part, args.batch_sizes, settings["threads"],
+               args.min_run_time, args.channel_multiple, args.device, not args.no_ram, args.fuse_bn,
+               args.channels_last, args.repeats, args.checkpoint, args.folded_file)
+    print(format_report(rows))
+    command = shlex.join(["python", "-m", "pruning_utils.bench", *argv])
+    for path in write_results(rows, args.out, args.name, command, settings):
+        print("wrote", path)
     return 0
-
-
-def format_rows(rows: list[dict]) -> str:
-    """The table and the speed-up lines as text."""
-    from .records import format_table
-
-    columns = [c for c in COLUMNS if any(c in r for r in rows)]
-    formats = {"params": ",", "macs": ",", "checkpoint_bytes": ",", "cpu_s_per_image": ".3e", "cpu_iqr_s_per_image": ".1e",
-               "gpu_s_per_image": ".3e", "peak_rss_mb": ".0f", "rss_increase_mb": ".0f", "peak_gpu_allocated_mb": ".1f"}
-    lines = [format_table(rows, columns, formats), ""]
-    for device in ("cpu", "gpu"):
-        for s in speedups(rows, device):
-            lines.append(f"{s['model']} batch {s['batch_size']} on {device}: folded is {s['speedup']:.2f}x faster, "
-                         f"{s['mac_ratio']:.2f}x fewer MACs, efficiency {s['efficiency']:.2f}")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

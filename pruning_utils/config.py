@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .distributed import is_main
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = Path(os.environ.get("PRUNING_UTILS_HOME", PACKAGE_DIR.parent)).resolve()
 DATA_DIR = REPO_ROOT / "data"
@@ -100,9 +102,9 @@ def resolve_path(path: str | Path) -> Path:
 
 
 def show_progress(requested: bool) -> bool:
-    """Whether to draw progress bars: as requested, unless PRUNING_UTILS_PROGRESS=0 switches them all off
-    (the test suite does, so that nbval's kernels do not flood their output channel with widget updates)."""
-    return requested and os.environ.get("PRUNING_UTILS_PROGRESS", "1") != "0"
+    """Whether to draw progress bars: as requested, on rank 0 only, unless PRUNING_UTILS_PROGRESS=0 switches them
+    all off (the test suite does, so that nbval's kernels do not flood their output channel with widget updates)."""
+    return requested and os.environ.get("PRUNING_UTILS_PROGRESS", "1") != "0" and is_main()
 
 
 def get_device(device: str | None = None) -> torch.device:

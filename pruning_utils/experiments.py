@@ -11,9 +11,9 @@ from torch import nn
 from .branches import attach_branches
 from .folding import fold
 from .metrics import count_macs, count_parameters
-from .pruning import PruneConfig, prune
+from .pruning import PruneConfig, load_stage, prune, stage_checkpoints
 from .schedules import Stage
-from .train import evaluate, metric_name
+from .train import evaluate, load_checkpoint, metric_name
 
 
 @torch.inference_mode()
@@ -43,21 +43,45 @@ def prune_and_fold(baseline: nn.Module, keep_ratio, loaders, schedule: list[Stag
                    progress: bool = True) -> PruningResult:
     """Prune a copy of ``baseline`` at ``keep_ratio`` through ``schedule`` and fold it.
 
-    ``loaders``: (train, validation, test). Metrics: validation loss and metric at the end, the
-    folded network's test loss and metric, its parameters and MACs, the fold's relative maximum
-    difference, epochs and training seconds.
+    ``loaders``: (train, validation, test). Metrics: see :func:`summarize`.
     """
-    train_loader, val_loader, test_loader = loaders
+    train_loader, val_loader, _ = loaders
     model = attach_branches(copy.deepcopy(baseline), keep_ratio, include=include, exclude=exclude, init=init)
     history = prune(model, train_loader, val_loader, schedule, config, task=task, teacher=teacher,
                     checkpoint_dir=checkpoint_dir, resume=resume, progress=progress)
     folded = fold(model).eval()
+    return PruningResult(model, folded, history, summarize(model, folded, history, loaders, task, input_shape),
+                         Path(checkpoint_dir) if checkpoint_dir else None)
+
+
+def load_pruned(baseline: nn.Module, keep_ratio, checkpoint_dir: str | Path, loaders, *, task: str,
+                input_shape: tuple[int, ...], include=None, exclude=None, init: str = "l1") -> PruningResult:
+    """The result of an earlier pruning run, from the last stage checkpoint it wrote to ``checkpoint_dir``.
+
+    ``keep_ratio``, ``include`` and ``exclude`` must be those of the run (a mismatch is reported with the layers
+    that do not fit); the run must have reached alpha = 0 for the fold.
+    """
+    found = stage_checkpoints(checkpoint_dir)
+    if not found:
+        raise FileNotFoundError(f"no stage checkpoints (stage_NN.pt) in {checkpoint_dir}: run the pruning notebook "
+                                f"first, or leave the folder parameter at None to prune here")
+    shell = attach_branches(copy.deepcopy(baseline), keep_ratio, include=include, exclude=exclude, init=init)
+    model = load_stage(shell, checkpoint_dir, max(found))
+    history = load_checkpoint(found[max(found)])["history"]
+    folded = fold(model).eval()
+    return PruningResult(model, folded, history, summarize(model, folded, history, loaders, task, input_shape),
+                         Path(checkpoint_dir))
+
+
+def summarize(model: nn.Module, folded: nn.Module, history: list[dict], loaders, task: str,
+              input_shape: tuple[int, ...]) -> dict:
+    """Validation loss and metric of the alpha = 0 ``model``, the ``folded`` network's test loss and metric, its
+    parameters and MACs, the fold's relative maximum difference, epochs and training seconds."""
+    _, val_loader, test_loader = loaders
     name = metric_name(task)
-    test = evaluate(folded, test_loader, task)
+    val, test = evaluate(model, val_loader, task), evaluate(folded, test_loader, task)
     trained = [h for h in history if h.get("phase") != "bn_recalibrated"]
-    metrics = {"val_loss": history[-1]["val_loss"], f"val_{name}": history[-1][f"val_{name}"],
-               "test_loss": test["loss"], f"test_{name}": test[name],
-               "params": count_parameters(folded), "macs": count_macs(folded, input_shape),
-               "fold_relative_max_difference": fold_error(model, folded, val_loader),
-               "epochs": len(trained), "train_seconds": sum(h["seconds"] for h in trained)}
-    return PruningResult(model, folded, history, metrics, Path(checkpoint_dir) if checkpoint_dir else None)
+    return {"val_loss": val["loss"], f"val_{name}": val[name], "test_loss": test["loss"], f"test_{name}": test[name],
+            "params": count_parameters(folded), "macs": count_macs(folded, input_shape),
+            "fold_relative_max_difference": fold_error(model, folded, val_loader),
+            "epochs": len(trained), "train_seconds": sum(h["seconds"] for h in trained)}

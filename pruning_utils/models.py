@@ -53,7 +53,7 @@ def vgg16(num_classes: int = 10, width: float = 1.0, classifier: str = "linear",
                              nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
                              nn.Linear(hidden, num_classes))
     model = VGG16(OrderedDict(features=nn.Sequential(*layers), flatten=nn.Flatten(), classifier=head))
-    _init_weights(model)
+    init_weights(model)
     return model
 
 
@@ -86,10 +86,11 @@ class RGBAutoencoder(nn.Sequential):
             channels = out
         decoder += [nn.ConvTranspose2d(channels, 3, 3, padding=1), nn.Sigmoid()]
         super().__init__(OrderedDict(encoder=nn.Sequential(*encoder), decoder=nn.Sequential(*decoder)))
-        _init_weights(self)
+        init_weights(self)
 
 
-def _init_weights(model: nn.Module) -> None:
+def init_weights(model: nn.Module) -> None:
+    """The models' initialisation: He (fan-out) for convolutions, N(0, 0.01) for linear layers, BatchNorm at 1 and 0."""
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")

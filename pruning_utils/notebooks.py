@@ -51,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter()
     for notebook in notebooks:
         start = time.perf_counter()
-        run_notebook(notebook, args.out / notebook.name, {"PROFILE": args.profile, "PROGRESS": args.progress})
+        parameters = {"PROFILE": args.profile, "PROGRESS": args.progress}
+        if "INTERACTIVE" in notebook_parameters(notebook):
+            parameters["INTERACTIVE"] = False  # no widget front end headless
+        run_notebook(notebook, args.out / notebook.name, parameters)
         print(f"{notebook.name}: {time.perf_counter() - start:.0f} s", flush=True)
     print(f"all {len(notebooks)} notebooks: {time.perf_counter() - total:.0f} s; executed copies in {args.out}")
     return 0

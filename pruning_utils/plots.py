@@ -1,4 +1,4 @@
-"""Figures for the notebooks: training curves, validation per alpha stage, reconstructions."""
+"""Figures for the notebooks: training curves, validation per alpha stage, reconstructions, method comparisons."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,10 +6,13 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
+from .distributed import is_main
+
 
 def save(fig, path: str | Path | None) -> Path | None:
-    """Save ``fig`` as PNG (creating the folder) and return the path; ``None`` saves nothing."""
-    if path is None:
+    """Save ``fig`` as PNG (creating the folder) and return the path; ``None`` saves nothing, nor does any rank
+    but 0 when several processes run."""
+    if path is None or not is_main():
         return None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,6 +70,31 @@ def plot_reconstructions(rows: dict[str, torch.Tensor], path=None, title: str = 
             ax.set_yticks([])
             if c == 0:
                 ax.set_ylabel(label, fontsize=9)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    save(fig, path)
+    return fig
+
+
+def plot_comparison(rows: list[dict], baseline: float | None = None, title: str = "", path=None):
+    """Validation accuracy of each method against parameters left, MACs and training wall time (one point a
+    budget; rows as :func:`pruning_utils.comparison.compare` returns them)."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
+    for i, method in enumerate(methods):
+        own = sorted((r for r in rows if r["method"] == method), key=lambda r: r["params"])
+        for ax, key in zip(axes, ("params", "macs", "train_seconds")):
+            ax.plot([r[key] for r in own], [r["val_acc"] for r in own], marker="os^vD<>"[i % 7], color=f"C{i}",
+                    label=method)
+    for ax, label in zip(axes, ("parameters left (non-zero)", "MACs per image (dense kernels)",
+                                "training wall time after the baseline (s)")):
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        if baseline is not None:
+            ax.axhline(baseline, color="k", ls="--", lw=1, label="baseline" if ax is axes[0] else None)
+    axes[0].set_ylabel("validation accuracy (%)")
+    axes[0].legend(fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -3,7 +3,8 @@
 Stages train at a fixed alpha (or with alpha ramped every step). The learning rate resets at every
 alpha drop (``lr_schedule="plateau"`` or ``"constant"``) or follows one schedule over the whole run
 (``"onecycle"``, ``"cosine"``). After the last stage, optional restarts at alpha = 0 with the
-learning rate x10 each time keep the best weights. A checkpoint is written after every stage;
+learning rate x10 each time keep the best weights; with ``restart_patience`` a restart runs only
+while training at alpha = 0 is stuck (the seeds: "when training is stuck in a local minimum"). A checkpoint is written after every stage;
 a run resumes from the latest one (or any stage) with alpha restored from it.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 
 from .branches import branched_units, freeze_original, get_alpha, set_alpha
 from .config import show_progress
+from .distributed import shard, unwrap, wrap
 from .schedules import Stage, total_epochs
 from .train import (NonFiniteLossError, check_task, evaluate, load_checkpoint, load_model_state, make_optimizer,
                     make_scheduler, metric_name, save_checkpoint, steps_per_batch, train_epoch, _rng_state,
@@ -53,6 +55,7 @@ class PruneConfig:
     restarts: int = 0  # extra alpha = 0 stages, each with the initial lr x restart_factor more
     restart_factor: float = 10.0
     restart_epochs: int | None = None  # epochs of each restart (default: the last stage's)
+    restart_patience: int | None = None  # restart only when stuck: no better val metric at alpha 0 in this many epochs
     keep_best: bool = False  # end with the best alpha = 0 weights by validation metric (implied by restarts)
     bn_recalibration_batches: int = 0  # re-estimate BatchNorm statistics at the end on this many batches
 
@@ -68,6 +71,8 @@ class PruneConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.restarts < 0 or self.bn_recalibration_batches < 0:
             raise ValueError("restarts and bn_recalibration_batches must be non-negative")
+        if self.restart_patience is not None and self.restart_patience < 1:
+            raise ValueError(f"restart_patience must be at least 1 or None, got {self.restart_patience}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,6 +144,15 @@ def recalibrate_batchnorm(model: nn.Module, loader, batches: int = 50) -> int:
     return used
 
 
+def is_stuck(history: list[dict], metric: str, patience: int) -> bool:
+    """Whether training at alpha = 0 is stuck: its last ``patience`` epochs did not beat the best ``metric``
+    of the alpha = 0 epochs before them (True while there are too few alpha = 0 epochs to tell)."""
+    at_zero = [h[metric] for h in history if h["alpha"] == 0.0 and h.get("phase") != "bn_recalibrated"]
+    if len(at_zero) <= patience:
+        return True
+    return max(at_zero[-patience:]) <= max(at_zero[:-patience])
+
+
 # --------------------------------------------------------------------------------------------
 # Checkpoints of stages
 # --------------------------------------------------------------------------------------------
@@ -177,7 +191,9 @@ def prune(model: nn.Module, train_loader, val_loader, schedule: list[Stage], con
     as it is when pruning starts (saved in the stage checkpoints, so a resumed run has the same).
     ``checkpoint_dir``: a checkpoint ``stage_NN.pt`` after every stage. ``resume``: True resumes
     from the latest stage checkpoint there, an int from that stage's, False starts afresh.
-    ``max_stages`` stops after that many stages in this call (a later call resumes).
+    ``max_stages`` stops after that many stages in this call (a later call resumes). Under ``torchrun``
+    it trains with DistributedDataParallel (:mod:`pruning_utils.distributed`); alpha follows the same steps on
+    every rank.
     """
     config = config or PruneConfig()
     config.validate(task)
@@ -192,7 +208,7 @@ def prune(model: nn.Module, train_loader, val_loader, schedule: list[Stage], con
     sched = make_scheduler(config.lr_schedule, opt, main_epochs, len(train_loader)) if global_lr else None
     own_teacher = teacher is None and config.loss in TEACHER_LOSSES
     if own_teacher:
-        teacher = frozen_teacher(model)
+        teacher = frozen_teacher(unwrap(model))
     loss_fn = make_loss(config, teacher)
     history: list[dict] = []
     best: dict = {"metric": None, "state": None}
@@ -220,30 +236,35 @@ def prune(model: nn.Module, train_loader, val_loader, schedule: list[Stage], con
             _set_rng_state(state["rng"])
             first = index + 1
 
-    done = 0
+    net, shards = wrap(model), shard(train_loader)  # DDP when several processes run
+    done, improving = 0, False
     for index in range(first, len(plan)):
         if max_stages is not None and done >= max_stages:
             break
         stage, stage_lr = plan[index]
         restart = index >= len(schedule)
+        if restart and config.restart_patience and not is_stuck(history, f"val_{metric_name(task)}",
+                                                                config.restart_patience):
+            improving = True  # still improving at alpha = 0: no restart needed
+            break
         if restart or not global_lr:
             opt = make_optimizer(config.optimizer, params, stage_lr, config.momentum, config.weight_decay)
             stage_sched = make_scheduler("plateau", opt, stage.epochs, len(train_loader), config.plateau_patience,
                                          config.plateau_factor) if (restart or config.lr_schedule == "plateau") else None
         else:
             stage_sched = sched
-        history += _run_stage(model, stage, index, restart, opt, stage_sched, loss_fn, train_loader, val_loader,
+        history += _run_stage(net, stage, index, restart, opt, stage_sched, loss_fn, shards, val_loader,
                               task, config, best, progress, len(history))
         done += 1
         if checkpoint_dir is not None:
-            save_checkpoint(Path(checkpoint_dir) / f"stage_{index:02d}.pt", model=model.state_dict(),
+            save_checkpoint(Path(checkpoint_dir) / f"stage_{index:02d}.pt", model=unwrap(model).state_dict(),
                             alpha=get_alpha(model), history=history, best=best, stage=stage.as_dict(),
                             optimizer=opt.state_dict() if global_lr else {},
                             scheduler=sched.state_dict() if global_lr else {},
                             loader=train_loader.state_dict() if hasattr(train_loader, "state_dict") else {},
                             rng=_rng_state(), config=asdict(config),
                             teacher=teacher.state_dict() if own_teacher else {})
-    finished = first + done >= len(plan)
+    finished = first + done >= len(plan) or improving
     if finished and (config.keep_best or config.restarts) and best["state"] is not None:
         load_model_state(model, best["state"], source="best alpha = 0 weights")
     if finished and config.bn_recalibration_batches:
@@ -269,7 +290,7 @@ def _run_stage(model, stage: Stage, index: int, restart: bool, opt, sched, loss_
         step += 1
 
     records: list[dict] = []
-    stage_best = {"loss": float("inf"), "state": copy.deepcopy(model.state_dict())}
+    stage_best = {"loss": float("inf"), "state": copy.deepcopy(unwrap(model).state_dict())}
     stale = 0
     phase = "restart" if restart else "stage"
     bar = tqdm(range(stage.epochs), desc=f"{phase} {index} (alpha {stage.start:g}->{stage.end:g})",
@@ -299,12 +320,12 @@ def _run_stage(model, stage: Stage, index: int, restart: bool, opt, sched, loss_
         records.append(record)
         bar.set_postfix(alpha=f"{record['alpha']:.3f}", **{metric: f"{record[metric]:.3f}"})
         if val["loss"] < stage_best["loss"]:
-            stage_best = {"loss": val["loss"], "state": copy.deepcopy(model.state_dict())}
+            stage_best = {"loss": val["loss"], "state": copy.deepcopy(unwrap(model).state_dict())}
             stale = 0
         else:
             stale += 1
         if record["alpha"] == 0.0 and (best["metric"] is None or record[metric] > best["metric"]):
-            best.update(metric=record[metric], state=copy.deepcopy(model.state_dict()))
+            best.update(metric=record[metric], state=copy.deepcopy(unwrap(model).state_dict()))
         if config.stage_patience is not None and stale >= config.stage_patience:
             break
     return records

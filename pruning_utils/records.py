@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .config import FIGURES_DIR, QUICK_FIGURES_DIR, REPO_ROOT
+from .distributed import is_main
 
 
 def machine() -> dict:
@@ -43,8 +44,11 @@ def papermill_command(notebook: str, parameters: dict) -> str:
 
 
 def write_record(path: str | Path, notebook: str, parameters: dict, metrics: dict, **extra) -> Path:
-    """Write a JSON record of a run: metrics, exact parameters, the command that reruns it, the machine."""
+    """Write a JSON record of a run: metrics, exact parameters, the command that reruns it, the machine
+    (on rank 0 only when several processes run)."""
     path = Path(path)
+    if not is_main():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"notebook": notebook, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
               "command": papermill_command(notebook, parameters), "parameters": parameters,

@@ -14,6 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import show_progress
+from .distributed import is_main, shard, unwrap, wrap
 
 TASKS = ("classification", "reconstruction")
 OPTIMIZERS = ("sgd", "adam")
@@ -136,8 +137,11 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
 # Checkpoints
 # --------------------------------------------------------------------------------------------
 def save_checkpoint(path: str | Path, **state) -> Path:
-    """Write ``state`` with torch.save to a temporary file beside ``path``, then rename it into place."""
+    """Write ``state`` with torch.save to a temporary file beside ``path``, then rename it into place
+    (on rank 0 only when several processes run)."""
     path = Path(path)
+    if not is_main():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
@@ -159,7 +163,8 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
 
 
 def load_model_state(model: nn.Module, state: dict, source: str = "checkpoint") -> None:
-    """Load a state_dict, or raise a ValueError that lists what does not fit the model."""
+    """Load a state_dict (into the module inside DDP), or raise a ValueError that lists what does not fit the model."""
+    model = unwrap(model)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -200,7 +205,8 @@ def fit(model: nn.Module, train_loader, val_loader, *, task: str, epochs: int, l
     With ``checkpoint`` set, the full state (model, optimiser, scheduler, data order, RNG, history)
     is written atomically after every epoch, and an existing checkpoint there is resumed, so an
     interrupted run continues the same history. ``meta`` is stored beside it (e.g. the model's
-    settings) so a mismatch can be explained.
+    settings) so a mismatch can be explained. Under ``torchrun`` (see :mod:`pruning_utils.distributed`) it
+    trains with DistributedDataParallel, each rank on its share of every batch.
     """
     check_task(task)
     if epochs < 0:
@@ -220,10 +226,11 @@ def fit(model: nn.Module, train_loader, val_loader, *, task: str, epochs: int, l
         history = list(state["history"])
 
     loss_fn = supervised_loss(task)
+    net, shards = wrap(model), shard(train_loader)  # DDP when several processes run
     bar = tqdm(range(len(history), epochs), desc="epochs", disable=not show_progress(progress))
     for epoch in bar:
         start = time.perf_counter()
-        train = train_epoch(model, train_loader, opt, loss_fn, sched, progress=progress, description=f"epoch {epoch + 1}")
+        train = train_epoch(net, shards, opt, loss_fn, sched, progress=progress, description=f"epoch {epoch + 1}")
         val = evaluate(model, val_loader, task)
         if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
             sched.step(val["loss"])
@@ -232,7 +239,7 @@ def fit(model: nn.Module, train_loader, val_loader, *, task: str, epochs: int, l
         history.append(record)
         bar.set_postfix({k: round(v, 4) for k, v in record.items() if k.startswith("val_")})
         if checkpoint is not None:
-            save_checkpoint(checkpoint, model=model.state_dict(), optimizer=opt.state_dict(),
+            save_checkpoint(checkpoint, epoch=epoch + 1, model=unwrap(model).state_dict(), optimizer=opt.state_dict(),
                             scheduler=sched.state_dict() if sched is not None else {},
                             loader=train_loader.state_dict() if hasattr(train_loader, "state_dict") else {},
                             rng=_rng_state(), history=history, meta=meta or {})

@@ -1,38 +1,101 @@
+import csv
 import json
+import subprocess
+import sys
 
 import pytest
+import torch
 
-from pruning_utils import bench
+from pruning_utils import bench, folding, train
+
+TINY = {"width": 0.0625, "keep_ratio": 0.5, "batch_sizes": [1, 2], "threads": 1, "min_run_time": 0.01, "ram": False}
 
 
 def test_variants_shrink_after_folding():
     variants = bench.build_variants("vgg16", width=0.125, keep_ratio=0.5)
-    assert list(variants) == list(bench.VARIANTS)
+    assert tuple(variants) == bench.VARIANTS
     macs = {name: bench.count_macs(m, bench.MODELS["vgg16"]) for name, m in variants.items()}
     assert macs["folded"] < macs["mixed_alpha0"] < macs["original"]
     params = {name: bench.count_parameters(m) for name, m in variants.items()}
     assert params["folded"] < params["original"] < params["mixed_alpha0"]
 
 
-def test_rows_speedups_and_ram():
-    rows = bench.run(["vgg16"], width=0.0625, keep_ratio=0.5, batch_sizes=[1, 2], threads=1, min_run_time=0.01)
-    assert {(r["variant"], r["batch_size"]) for r in rows} == {(v, b) for v in bench.VARIANTS for b in (1, 2)}
-    assert all(r["cpu_s_per_image"] > 0 and r["threads"] == 1 for r in rows)
-    largest = [r for r in rows if r["batch_size"] == 2]
-    assert all(r["peak_rss_mb"] > r["rss_increase_mb"] > 0 for r in largest)
-    assert all("peak_rss_mb" not in r for r in rows if r["batch_size"] == 1)
+def test_channel_multiple_rounds_the_kept_widths():
+    def encoder_widths(multiple):
+        folded = bench.build_variants("autoencoder", 0.25, 0.59, include=["encoder"], channel_multiple=multiple)
+        return [m.out_channels for m in folded["folded"].encoder if hasattr(m, "out_channels")]
+
+    assert any(w % 8 for w in encoder_widths(1))
+    assert all(w % 8 == 0 for w in encoder_widths(8))
+
+
+def test_rows_and_speedups():
+    rows = bench.run(["vgg16"], device="cpu", **TINY)
+    assert [(r["variant"], r["batch_size"]) for r in rows] == [(v, b) for v in bench.VARIANTS for b in (1, 2)]
+    assert all(r["cpu_s_per_image"] > 0 and r["threads"] == 1 and r["checkpoint_bytes"] > 0 for r in rows)
+    assert not any("peak_ram_mib" in r for r in rows)
     gains = bench.speedups(rows)
-    assert [g["batch_size"] for g in gains] == [1, 2] and all(g["mac_ratio"] > 1 for g in gains)
-    assert gains[0]["efficiency"] == pytest.approx(gains[0]["speedup"] / gains[0]["mac_ratio"])
+    assert [(g["variant"], g["batch_size"]) for g in gains] == [("mixed_alpha0", 1), ("mixed_alpha0", 2),
+                                                                ("folded", 1), ("folded", 2)]
+    assert all(g["mac_ratio"] > 1 for g in gains)
+    assert gains[-1]["efficiency"] == pytest.approx(gains[-1]["speedup"] / gains[-1]["mac_ratio"])
+    assert "efficiency" in bench.format_report(rows)
+
+
+def test_peak_ram_in_a_fresh_process():
+    model = bench.original_model("vgg16", 0.0625)
+    ram = bench.peak_ram_subprocess(model, bench.MODELS["vgg16"], batch_size=2)
+    assert ram["peak_ram_mib"] > ram["ram_increase_mib"] > 0
+
+
+def test_checkpoint_and_folded_file(tmp_path):
+    folded = bench.build_variants("vgg16", 0.0625, 0.5)["folded"]
+    path = folding.save_plain(folded, tmp_path / "folded.pt")
+    variants = bench.build_variants("vgg16", 0.0625, folded_file=path)
+    assert list(variants) == ["original", "folded"]
+    assert bench.count_parameters(variants["folded"]) == bench.count_parameters(folded)
+    original = bench.original_model("vgg16", 0.0625)
+    meta = {"model": "vgg16", "width": 0.0625}
+    train.save_checkpoint(tmp_path / "baseline.pt", model=original.state_dict(), meta=meta)
+    loaded = bench.build_variants("vgg16", 0.0625, 0.5, seed=1, checkpoint=tmp_path / "baseline.pt")["original"]
+    assert torch.equal(loaded.features[0].weight, original.features[0].weight)
+    train.save_checkpoint(tmp_path / "ae.pt", model={}, meta={"model": "autoencoder", "width": 0.25})
+    with pytest.raises(ValueError, match="not a vgg16 of width 0.0625"):
+        bench.original_model("vgg16", 0.0625, tmp_path / "ae.pt")
 
 
 def test_command_line_writes_csv_and_json(tmp_path, capsys):
-    assert bench.main(["--models", "autoencoder", "--width", "0.0625", "--batch-sizes", "1", "--min-run-time", "0.01",
-                       "--threads", "1", "--no-ram", "--out", str(tmp_path)]) == 0
+    argv = ["--models", "autoencoder", "--width", "0.0625", "--batch-sizes", "1", "--min-run-time", "0.01",
+            "--threads", "1", "--device", "cpu", "--no-ram", "--out", str(tmp_path), "--name", "tiny"]
+    assert bench.main(argv) == 0
     assert "efficiency" in capsys.readouterr().out
-    record = json.loads((tmp_path / "bench.json").read_text())
-    assert record["command"].startswith("python -m pruning_utils.bench") and record["machine"]["cpu_count"] >= 1
-    assert len(record["rows"]) == 3 and (tmp_path / "bench.csv").read_text().startswith("model,variant,batch_size")
+    record = json.loads((tmp_path / "tiny.json").read_text())
+    assert set(record) == {"command", "settings", "machine", "rows", "speedups"}
+    assert record["command"] == "python -m pruning_utils.bench " + " ".join(argv)
+    assert record["settings"]["threads"] == 1 and record["machine"]["cpu_count"] >= 1
+    assert [r["variant"] for r in record["rows"]] == list(bench.VARIANTS)
+    with open(tmp_path / "tiny.csv") as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == 3 and {"model", "variant", "batch_size", "params", "macs", "cpu_s_per_image"} <= set(table[0])
+
+
+def test_help_from_a_shell():
+    done = subprocess.run([sys.executable, "-m", "pruning_utils.bench", "--help"], capture_output=True, text=True,
+                          check=True)
+    assert "--keep-ratio" in done.stdout and "peak_ram_mib" in done.stdout
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--models", "resnet"], "invalid choice"),
+    (["--keep-ratio", "0"], "keep ratio must be in"),
+    (["--keep-ratio", "1.5"], "keep ratio must be in"),
+    (["--batch-sizes", "0"], "batch sizes must be positive"),
+    (["--models", "vgg16", "autoencoder", "--checkpoint", "x.pt"], "single model"),
+])
+def test_bad_command_lines(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_bad_arguments():
@@ -40,5 +103,5 @@ def test_bad_arguments():
         bench.run(["resnet"])
     with pytest.raises(ValueError, match="keep ratio"):
         bench.build_variants("vgg16", keep_ratio=1.5)
-    with pytest.raises(SystemExit):
-        bench.main(["--keep-ratio", "0"])
+    with pytest.raises(ValueError, match="ae_part"):
+        bench.run(["autoencoder"], ae_part="middle")

@@ -48,11 +48,14 @@ def test_vgg16_folds_exactly(classifier, fuse_bn):
         assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
 
 
+@pytest.mark.parametrize("fuse_bn", [False, True])
 @pytest.mark.parametrize("include", [["encoder"], ["decoder"], None])
-def test_autoencoder_folds_exactly(include):
+def test_autoencoder_folds_exactly(include, fuse_bn):
     model = _perturb(pu.attach_branches(models.RGBAutoencoder(width=0.125), 0.35, include=include))
-    folded = _check_fold(model, torch.rand(2, 3, 128, 128))
+    folded = _check_fold(model, torch.rand(2, 3, 128, 128), fuse_bn=fuse_bn)
     assert folded.encoder(torch.rand(1, 3, 128, 128)).shape[1] == (128 if include == ["decoder"] else 44)
+    if fuse_bn:  # ConvTranspose2d included: no BatchNorm is left
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
 
 
 def test_fold_refuses_nonzero_alpha_and_leaves_the_model_unchanged():
@@ -166,17 +169,17 @@ def chains(draw):
         layers.append(nn.ReLU())
         features = out
     layers.append(nn.Linear(features, 4))
-    return nn.Sequential(*layers), draw(st.floats(0.1, 1.0)), draw(st.sampled_from(["he", "l1"]))
+    return nn.Sequential(*layers), draw(st.floats(0.1, 1.0)), draw(st.sampled_from(["he", "l1"])), draw(st.booleans())
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(chains())
 def test_random_chains_fold_exactly(case):
-    model, ratio, init = case
+    model, ratio, init, fuse_bn = case
     torch.manual_seed(0)
     x = torch.randn(3, 3, 8, 8)
     try:
         model(x)
     except RuntimeError:  # the drawn geometry collapsed the map; not a folding question
         assume(False)
-    _check_fold(_perturb(pu.attach_branches(model, ratio, init=init)), x)
+    _check_fold(_perturb(pu.attach_branches(model, ratio, init=init)), x, fuse_bn=fuse_bn)

@@ -19,6 +19,8 @@ TINY = {
     "06_benchmarking.ipynb": {"WIDTH": 0.0625, "BATCH_SIZES": [1, 2], "MIN_RUN_TIME": 0.01, "THREADS": 1},
     "05_weight_folding.ipynb": {"SIZE_VGG_WIDTH": 0.25, "SIZE_AE_WIDTH": 0.25, "VGG_WIDTH": 0.0625, "AE_WIDTH": 0.0625,
                                 "PRUNE_EPOCHS": 1},
+    "07_comparison.ipynb": {"VGG_WIDTH": 0.0625, "BASELINE_EPOCHS": 1, "EPOCHS": 2, "RAMP_EPOCHS": 1,
+                            "FRACTIONS": [0.35], "SPEED_BATCH_SIZES": [1], "SPEED_MIN_RUN_TIME": 0.01, "RESUME": False},
 }
 
 
@@ -69,7 +71,17 @@ def check_06(metrics, parameters):
     assert all(g["mac_ratio"] > 1 and g["speedup"] > 0 for g in metrics["speedups"])
 
 
-CHECKS = {"06_benchmarking.ipynb": check_06, "01_baseline_training.ipynb": check_01, "02_vgg16_pruning.ipynb": check_02, "03_encoder_pruning.ipynb": check_03,
+def check_07(metrics, parameters):
+    rows = metrics["rows"]
+    assert [r["method"] for r in rows] == parameters["METHODS"]
+    assert all(abs(r["param_fraction"] - 0.35) < 0.02 and r["epochs"] == 2 for r in rows if "scratch" not in r["method"])
+    assert {r["epochs"] for r in rows if "scratch" in r["method"]} == {3}  # baseline epochs + EPOCHS
+    assert metrics["gaps"][0]["best_other"] != "branches"
+    zeros = {r["variant"]: r for r in metrics["zeros_speed"]}
+    assert zeros["magnitude (zeros)"]["macs"] > zeros["filter-pruned"]["macs"]
+
+
+CHECKS = {"07_comparison.ipynb": check_07, "06_benchmarking.ipynb": check_06, "01_baseline_training.ipynb": check_01, "02_vgg16_pruning.ipynb": check_02, "03_encoder_pruning.ipynb": check_03,
           "04_decoder_pruning.ipynb": check_04, "05_weight_folding.ipynb": check_05}
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import pruning_utils as pu
-from pruning_utils import branches, data, models, pruning, schedules
+from pruning_utils import branches, data, experiments, models, pruning, schedules
 from pruning_utils.config import seed_everything
 
 
@@ -99,6 +99,28 @@ def test_restarts_keep_the_best_alpha_zero_weights():
     assert pu.train.evaluate(model, val, "classification")["acc"] == pytest.approx(best)
 
 
+def test_stuck_means_no_better_alpha_zero_metric_within_patience():
+    history = [{"alpha": 0.5, "val_acc": 90.0}] + [{"alpha": 0.0, "val_acc": a} for a in (50.0, 60.0, 55.0, 58.0)]
+    assert pruning.is_stuck(history, "val_acc", 2)
+    assert not pruning.is_stuck(history, "val_acc", 3)
+    assert pruning.is_stuck(history[:2], "val_acc", 1)  # too few alpha = 0 epochs to tell
+
+
+def test_restarts_run_only_while_stuck():
+    model = _branched()
+    train, val = _loaders()
+    config = pu.PruneConfig(lr=0.01, lr_schedule="plateau", restarts=2, restart_patience=1)
+    history = pu.prune(model, train, val, SCHEDULE, config, progress=False)
+    at_zero = [h["val_acc"] for h in history if h["alpha"] == 0.0]
+    restarts = len([h for h in history if h["phase"] == "restart"])
+    expected = 1  # the last stage has one epoch: too short to tell, so the first restart runs
+    while expected < 2 and at_zero[expected] <= max(at_zero[:expected]):
+        expected += 1
+    assert restarts == expected
+    with pytest.raises(ValueError, match="restart_patience"):
+        pu.PruneConfig(restart_patience=0).validate("classification")
+
+
 def test_batchnorm_recalibration_touches_only_the_layers_that_run():
     model = _branched()
     pu.set_alpha(model, 0.0)
@@ -135,3 +157,20 @@ def test_bad_configurations():
         pu.prune(model, train, val, [schedules.Stage(0.5, 0.5, 1)], progress=False)
     with pytest.raises(ValueError, match="no branches"):
         pu.prune(models.vgg16(width=0.125), train, val, SCHEDULE, progress=False)
+
+
+def test_a_finished_run_is_loaded_and_folded_from_its_checkpoints(tmp_path):
+    baseline = models.vgg16(width=0.125, classifier="mlp")
+    train, val = _loaders()
+    loaders = (train, val, val)
+    done = experiments.prune_and_fold(baseline, 0.5, loaders, SCHEDULE, pu.PruneConfig(lr=0.01), task="classification",
+                                      input_shape=(3, 32, 32), checkpoint_dir=tmp_path, progress=False)
+    loaded = experiments.load_pruned(baseline, 0.5, tmp_path, loaders, task="classification", input_shape=(3, 32, 32))
+    assert loaded.metrics == pytest.approx(done.metrics, rel=1e-6, abs=1e-6)
+    x, _ = next(iter(val))
+    with torch.inference_mode():
+        assert torch.equal(loaded.folded(x), done.folded.eval()(x))
+    with pytest.raises(ValueError, match="does not fit"):
+        experiments.load_pruned(baseline, 0.25, tmp_path, loaders, task="classification", input_shape=(3, 32, 32))
+    with pytest.raises(FileNotFoundError, match="no stage checkpoints"):
+        experiments.load_pruned(baseline, 0.5, tmp_path / "none", loaders, task="classification", input_shape=(3, 32, 32))

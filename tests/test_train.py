@@ -79,7 +79,8 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         _fit(3, ckpt)
     monkeypatch.setattr(train, "evaluate", real_evaluate)
-    assert len(train.load_checkpoint(ckpt)["history"]) == 2
+    saved = train.load_checkpoint(ckpt)
+    assert len(saved["history"]) == saved["epoch"] == 2
     model, history = _fit(3, ckpt)
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert [h["train_loss"] for h in history] == pytest.approx([h["train_loss"] for h in full_history], rel=1e-5)

@@ -1,0 +1,89 @@
+"""Baseline and pruning of VGG16 from a shell, in one process or several under torchrun.
+
+    python -m pruning_utils.cli --data ../shared/data/cifar10_subset.npz --width 0.25 --out runs/prune.json
+    torchrun --nproc_per_node 2 -m pruning_utils.cli --data embedded --width 0.125 --out runs/prune_ddp.json
+
+Trains (or loads) the baseline, prunes it with L1 warm-start branches and a linear alpha ramp, folds it, and
+writes the metrics JSON and the folded network (``.plain.pt`` beside the JSON, loadable with
+:func:`pruning_utils.load_plain`). Under torchrun every rank trains on its share of each batch (DDP); only
+rank 0 writes files and prints.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from . import distributed
+from .config import CHECKPOINT_DIR, resolve_path, seed_everything
+from .data import EMBEDDED, load_classification
+from .experiments import prune_and_fold
+from .folding import save_plain
+from .metrics import keep_ratio_for_fraction
+from .pretrained import vgg_baseline
+from .pruning import LOSSES, PruneConfig
+from .records import write_record
+from .schedules import ramp
+from .train import evaluate
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=EMBEDDED, help="'embedded', a CIFAR-10 .npz, folder or image folder")
+    p.add_argument("--width", type=float, default=0.125, help="VGG16 channel multiplier")
+    p.add_argument("--baseline-epochs", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=64, help="global batch size, shared by the ranks")
+    p.add_argument("--baseline-lr", type=float, default=0.05)
+    p.add_argument("--param-fraction", type=float, default=0.35, help="parameters the folded model keeps")
+    p.add_argument("--ramp-epochs", type=int, default=2, help="epochs of the linear alpha ramp from 1 to 0")
+    p.add_argument("--final-epochs", type=int, default=2, help="epochs at alpha 0 afterwards")
+    p.add_argument("--lr", type=float, default=0.01, help="peak one-cycle learning rate while pruning")
+    p.add_argument("--loss", default="ce", choices=[x for x in LOSSES if x != "reconstruction"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="metrics JSON to write (the folded model goes beside it)")
+    p.add_argument("--progress", action="store_true", help="progress bars (rank 0)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if not 0 < args.param_fraction < 1:
+        parser().error(f"--param-fraction must be in (0, 1), got {args.param_fraction}")
+    device = distributed.setup()
+    try:
+        seed_everything(args.seed)
+        source = args.data if args.data == EMBEDDED else str(resolve_path(args.data))
+        images = load_classification(source, seed=args.seed)
+        loaders = images.loaders(args.batch_size, device=device, seed=args.seed)
+        world = distributed.world_size()
+        baseline, _, _ = vgg_baseline(images, width=args.width, epochs=args.baseline_epochs, batch_size=args.batch_size,
+                                      lr=args.baseline_lr, seed=args.seed, device=device, progress=args.progress,
+                                      checkpoint=CHECKPOINT_DIR / f"cli_vgg16_w{args.width:g}_e{args.baseline_epochs}"
+                                                                  f"_b{args.batch_size}_s{args.seed}_ranks{world}.pt")
+        keep_ratio = keep_ratio_for_fraction(baseline, args.param_fraction)
+        start = time.perf_counter()
+        result = prune_and_fold(baseline, keep_ratio, loaders, ramp("linear", args.ramp_epochs, args.final_epochs),
+                                PruneConfig(lr=args.lr, loss=args.loss), task="classification",
+                                input_shape=tuple(images.x_train.shape[1:]), init="l1", teacher=baseline,
+                                progress=args.progress)
+        metrics = {"world_size": world, "device": str(device), "keep_ratio": keep_ratio,
+                   "baseline_val_acc": evaluate(baseline, loaders[1], "classification")["acc"],
+                   "prune_seconds": time.perf_counter() - start, **result.metrics}
+        out = resolve_path(args.out)
+        if distributed.is_main():
+            save_plain(result.folded.cpu(), out.with_suffix(".plain.pt"))
+            arguments = " ".join(map(shlex.quote, sys.argv[1:] if argv is None else argv))
+            launcher = f"torchrun --nproc_per_node {world}" if world > 1 else "python"
+            write_record(out, "pruning_utils.cli", vars(args) | {"out": str(args.out)}, metrics,
+                         command=f"{launcher} -m pruning_utils.cli {arguments}")
+            print(f"{world} process(es): validation {metrics['val_acc']:.2f}% (baseline {metrics['baseline_val_acc']:.2f}%), "
+                  f"{metrics['params']:,} parameters; written to {out}")
+    finally:
+        distributed.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,247 @@
+"""Every pruning method at the same parameter budgets and the same number of epochs after the baseline.
+
+:func:`compare` runs each (budget, method) arm from one trained baseline and writes each arm's result
+atomically to a JSON file as soon as it is done, so an interrupted comparison resumes with the arms
+left. The methods (:data:`METHODS`):
+
+* ``branches``: the parallel-branch method, L1 warm start, alpha ramped linearly, then alpha = 0;
+* ``torch_pruning_l1``: Torch-Pruning's L1 filter pruning to the same widths, then fine-tuning;
+* ``magnitude_finetune`` / ``magnitude_rewind``: iterative global magnitude pruning (unstructured) to the
+  same number of non-zero parameters, retrained by fine-tuning or learning-rate rewinding;
+* ``autopruner``: AutoPruner's search, then removal of the unselected channels and fine-tuning;
+* ``autopruner_scratch`` and ``scratch``: AutoPruner's architecture and the uniformly narrow one,
+  trained from scratch for the baseline's epochs plus the pruning epochs (the same total budget).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import baselines
+from .experiments import prune_and_fold
+from .metrics import count_macs, count_parameters, keep_ratio_for_fraction, pruned_and_folded
+from .pruning import PruneConfig
+from .schedules import ramp
+from .train import evaluate, fit
+
+METHODS = ("branches", "torch_pruning_l1", "magnitude_finetune", "magnitude_rewind", "autopruner",
+           "autopruner_scratch", "scratch")
+
+
+@dataclass
+class ComparisonConfig:
+    """One protocol for every method; nothing is tuned for one method more than for another."""
+
+    epochs: int = 8  # training epochs after the baseline, for every method that starts from it
+    scratch_epochs: int = 23  # from-scratch arms: the baseline's epochs plus ``epochs``
+    lr: float = 0.01  # peak (one-cycle) learning rate after the baseline
+    scratch_lr: float = 0.05  # peak learning rate from scratch (the baseline's)
+    weight_decay: float = 5e-4
+    ramp_epochs: int = 2  # branches: epochs of the linear alpha ramp; the rest at alpha = 0
+    branch_loss: str = "ce"  # branches: "ce" or "ce+kd" (teacher: the baseline)
+    magnitude_rate: float = 0.2  # magnitude pruning: fraction of the remaining weights zeroed per round
+    autopruner_epochs: int = 3  # AutoPruner: search epochs; the rest of ``epochs`` fine-tunes
+    autopruner_mu: float = 1.0
+    autopruner_lambda_every: int = 1  # lambda x10 every this many search epochs (the seeds: 20 of 350)
+    autopruner_max_scale: float = 100.0
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.scratch_epochs < 1:
+            raise ValueError(f"epochs and scratch_epochs must be at least 1, got {self.epochs} and {self.scratch_epochs}")
+        if not 0 < self.ramp_epochs <= self.epochs:
+            raise ValueError(f"ramp_epochs must be in [1, epochs={self.epochs}], got {self.ramp_epochs}")
+        if not 0 < self.autopruner_epochs < self.epochs:
+            raise ValueError(f"autopruner_epochs must leave fine-tuning epochs: in [1, {self.epochs - 1}], "
+                             f"got {self.autopruner_epochs}")
+
+
+def check_methods(methods) -> list[str]:
+    """``methods`` in the order they must run, or a ValueError naming the unknown ones."""
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
+    if "autopruner_scratch" in methods and "autopruner" not in methods:
+        raise ValueError("'autopruner_scratch' retrains the architecture 'autopruner' finds: list 'autopruner' too")
+    return [m for m in METHODS if m in methods]
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2, default=float)
+    os.replace(tmp, path)
+
+
+def _scores(model: nn.Module, loaders) -> dict:
+    _, val_loader, test_loader = loaders
+    val, test = evaluate(model, val_loader, "classification"), evaluate(model, test_loader, "classification")
+    return {"val_loss": val["loss"], "val_acc": val["acc"], "test_loss": test["loss"], "test_acc": test["acc"]}
+
+
+def _fine_tune(model: nn.Module, loaders, epochs: int, lr: float, config: ComparisonConfig, progress: bool,
+               checkpoint: Path | None = None) -> int:
+    """One-cycle SGD for ``epochs``; with ``checkpoint``, resumable epoch by epoch."""
+    fit(model, loaders[0], loaders[1], task="classification", epochs=epochs, lr=lr, weight_decay=config.weight_decay,
+        scheduler="onecycle", checkpoint=checkpoint, progress=progress)
+    return epochs
+
+
+def run_arm(method: str, baseline: nn.Module, keep_ratio: float, loaders, input_shape, config: ComparisonConfig, *,
+            found: dict | None = None, seed: int = 0, checkpoint_dir: Path | None = None,
+            progress: bool = True) -> tuple[nn.Module, dict]:
+    """Run one method at ``keep_ratio``'s parameter budget; return the final model and its metrics.
+
+    ``found``: the ``autopruner`` arm's metrics (its widths), which ``autopruner_scratch`` retrains.
+    ``checkpoint_dir``: the branches' stage checkpoints and the epoch checkpoints of the arms whose
+    architecture is fixed before training (Torch-Pruning, from scratch) go there, so those arms resume.
+    """
+    checkpoint = Path(checkpoint_dir) / f"{method}.pt" if checkpoint_dir else None
+    target = count_parameters(pruned_and_folded(baseline, keep_ratio))
+    extra: dict = {}
+    start = time.perf_counter()
+    if method == "branches":
+        schedule = ramp("linear", config.ramp_epochs, config.epochs - config.ramp_epochs)
+        prune_config = PruneConfig(lr=config.lr, weight_decay=config.weight_decay, lr_schedule="onecycle",
+                                   loss=config.branch_loss)
+        result = prune_and_fold(baseline, keep_ratio, loaders, schedule, prune_config, task="classification",
+                                input_shape=input_shape, init="l1", teacher=baseline,
+                                checkpoint_dir=Path(checkpoint_dir) / method if checkpoint_dir else None,
+                                progress=progress)
+        model, epochs = result.folded, result.metrics["epochs"]
+        extra["fold_relative_max_difference"] = result.metrics["fold_relative_max_difference"]
+    elif method == "torch_pruning_l1":
+        model = baselines.torch_pruning_l1(baseline, keep_ratio, input_shape)
+        epochs = _fine_tune(model, loaders, config.epochs, config.lr, config, progress, checkpoint)
+    elif method in ("magnitude_finetune", "magnitude_rewind"):
+        model = baselines.magnitude_prune(baseline, loaders[0], target, config.epochs, lr=config.lr,
+                                          retraining=method.split("_")[1], rate=config.magnitude_rate,
+                                          weight_decay=config.weight_decay, progress=progress)
+        epochs = config.epochs
+        extra["rounds"] = len(baselines.magnitude_rounds(baseline, target, config.magnitude_rate))
+    elif method == "autopruner":
+        searched, scores = baselines.autopruner_search(
+            baseline, loaders[0], keep_ratio, config.autopruner_epochs, lr=config.lr, mu=config.autopruner_mu,
+            lambda_every=config.autopruner_lambda_every, max_scale=config.autopruner_max_scale,
+            weight_decay=config.weight_decay, progress=progress)
+        selection = baselines.autopruner_selection(baseline, scores, target)
+        model = baselines.remove_channels(searched, selection["keep"], input_shape)
+        epochs = config.autopruner_epochs + _fine_tune(model, loaders, config.epochs - config.autopruner_epochs,
+                                                       config.lr, config, progress)
+        extra.update(selected_above_half=selection["selected_above_half"], widths=selection["widths"])
+    elif method in ("autopruner_scratch", "scratch"):
+        if method == "scratch":
+            shape = baselines.torch_pruning_l1(baseline, keep_ratio, input_shape)
+        else:
+            if not found or "widths" not in found:
+                raise ValueError("autopruner_scratch needs the widths of the autopruner arm at the same budget")
+            shape = baselines.remove_channels(baseline, {n: torch.arange(k) for n, k in found["widths"].items()},
+                                              input_shape)
+        model = baselines.reinitialise(shape, seed)
+        epochs = _fine_tune(model, loaders, config.scratch_epochs, config.scratch_lr, config, progress, checkpoint)
+    else:
+        check_methods([method])
+    seconds = time.perf_counter() - start
+    params = baselines.nonzero_parameters(model) if method.startswith("magnitude") else count_parameters(model)
+    metrics = {"method": method, "keep_ratio": keep_ratio, "target_params": target, "params": params,
+               "macs": count_macs(model, input_shape), "epochs": epochs, "train_seconds": seconds,
+               **_scores(model, loaders), **extra}
+    return model, metrics
+
+
+def compare(baseline: nn.Module, loaders, input_shape, fractions, methods=METHODS,
+            config: ComparisonConfig | None = None, *, results_dir: str | Path, resume: bool = True, seed: int = 0,
+            progress: bool = True) -> list[dict]:
+    """Run every method at every parameter fraction (e.g. 0.35, 0.12) from ``baseline``; return one row each.
+
+    Each arm's row is written to ``results_dir/<fraction>_<method>.json`` when it ends; with ``resume``
+    an arm whose file exists is read, not rerun, and an interrupted arm continues from its checkpoints
+    (``results_dir/<fraction>_checkpoints``); without it every arm starts afresh. Rows carry ``fraction`` and ``param_fraction`` (of the
+    baseline's parameters) beside the metrics of :func:`run_arm`.
+    """
+    config = config or ComparisonConfig()
+    config.validate()
+    methods = check_methods(methods)
+    for fraction in fractions:
+        if not 0 < fraction < 1:
+            raise ValueError(f"parameter fractions must be in (0, 1), got {fraction}")
+    results_dir = Path(results_dir)
+    total = count_parameters(baseline)
+    rows = []
+    for fraction in fractions:
+        keep_ratio = keep_ratio_for_fraction(baseline, fraction)
+        checkpoints = results_dir / f"{fraction:g}_checkpoints"
+        found = None
+        for method in methods:
+            path = results_dir / f"{fraction:g}_{method}.json"
+            if resume and path.is_file():
+                row = json.loads(path.read_text())
+            else:
+                if not resume:  # start the arm afresh: forget its epoch and stage checkpoints
+                    shutil.rmtree(checkpoints / method, ignore_errors=True)
+                    (checkpoints / f"{method}.pt").unlink(missing_ok=True)
+                torch.manual_seed(seed)
+                _, metrics = run_arm(method, copy.deepcopy(baseline), keep_ratio, loaders, input_shape, config,
+                                     found=found, seed=seed, progress=progress, checkpoint_dir=checkpoints)
+                row = {"fraction": fraction, "param_fraction": metrics["params"] / total, **metrics,
+                       "config": asdict(config)}
+                _write_json(path, row)
+            found = row if method == "autopruner" else found
+            rows.append(row)
+    return rows
+
+
+def zeros_speed(baseline: nn.Module, fractions, input_shape, batch_sizes=(1, 32), *, threads: int | None = None,
+                min_run_time: float = 1.0, repeats: int = 3) -> list[dict]:
+    """CPU time per image of the baseline, of magnitude pruning's zeros and of filter pruning, at each fraction.
+
+    Speed does not depend on training, so the pruned models are made without it. ``speedup``: the
+    baseline's time over the model's, at the same batch size (median of ``repeats`` timings, see
+    :func:`pruning_utils.bench.time_per_image`).
+    """
+    from .bench import time_per_image
+
+    def timing(model, batch):
+        return time_per_image(copy.deepcopy(model), input_shape, batch, threads=threads, min_run_time=min_run_time,
+                              repeats=repeats)["s_per_image"]
+
+    reference = {b: timing(baseline, b) for b in batch_sizes}
+    rows = []
+    for fraction in fractions:
+        keep_ratio = keep_ratio_for_fraction(baseline, fraction)
+        target = count_parameters(pruned_and_folded(baseline, keep_ratio))
+        variants = {"magnitude (zeros)": baselines.magnitude_prune(baseline, None, target, 0, progress=False),
+                    "filter-pruned": baselines.torch_pruning_l1(baseline, keep_ratio, input_shape)}
+        for name, model in variants.items():
+            params = baselines.nonzero_parameters(model)
+            for batch in batch_sizes:
+                seconds = timing(model, batch)
+                rows.append({"fraction": fraction, "variant": name, "batch_size": batch, "params": params,
+                             "macs": count_macs(model, input_shape), "s_per_image": seconds,
+                             "baseline_s_per_image": reference[batch], "speedup": reference[batch] / seconds})
+    return rows
+
+
+def gaps(rows: list[dict], method: str = "branches") -> list[dict]:
+    """At each fraction, ``method``'s accuracy minus that of the best other method (by validation accuracy);
+    positive where ``method`` leads."""
+    table = []
+    for fraction in dict.fromkeys(r["fraction"] for r in rows):
+        own = [r for r in rows if r["fraction"] == fraction and r["method"] == method]
+        others = [r for r in rows if r["fraction"] == fraction and r["method"] != method]
+        if not own or not others:
+            continue
+        best = max(others, key=lambda r: r["val_acc"])
+        table.append({"fraction": fraction, "best_other": best["method"], f"{method}_val_acc": own[0]["val_acc"],
+                      "best_other_val_acc": best["val_acc"], "val_gap": own[0]["val_acc"] - best["val_acc"],
+                      "test_gap": own[0]["test_acc"] - best["test_acc"]})
+    return table

@@ -1,0 +1,198 @@
+import copy
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from pruning_utils import baselines, comparison, data, metrics, models
+from pruning_utils.train import evaluate
+
+from conftest import tiny_batch
+
+
+@pytest.fixture(scope="module")
+def digits():
+    images = data.load_classification("embedded", seed=0)
+    return images.loaders(64, seed=0), tuple(images.x_train.shape[1:])
+
+
+def small_vgg(classifier="linear"):
+    return models.vgg16(10, width=0.0625, classifier=classifier)
+
+
+def target_for(model, keep_ratio):
+    return metrics.count_parameters(metrics.pruned_and_folded(model, keep_ratio))
+
+
+def test_magnitude_rounds_are_geometric_down_to_the_budget():
+    model = small_vgg()
+    target = target_for(model, 0.35)
+    keeps = baselines.magnitude_rounds(model, target, rate=0.2)
+    weights = sum(m.weight.numel() for m, _ in baselines.prunable_weights(model))
+    fixed = metrics.count_parameters(model) - weights
+    steps = [weights] + keeps
+    assert keeps[-1] == target - fixed and len(keeps) > 5
+    assert all(0 < 1 - after / before <= 0.2 + 1e-3 for before, after in zip(steps, steps[1:]))
+    with pytest.raises(ValueError, match="cannot be reached"):
+        baselines.magnitude_rounds(model, fixed, rate=0.2)
+    with pytest.raises(ValueError, match="rate"):
+        baselines.magnitude_rounds(model, target, rate=1.0)
+
+
+@pytest.mark.parametrize("retraining", baselines.RETRAINING)
+def test_magnitude_pruning_reaches_the_budget_with_zeros(digits, retraining):
+    (train_loader, _, _), _ = digits
+    model = small_vgg()
+    before = copy.deepcopy(model.state_dict())
+    target = target_for(model, 0.5)
+    pruned = baselines.magnitude_prune(model, train_loader, target, 1, retraining=retraining, progress=False)
+    assert baselines.nonzero_parameters(pruned) == target
+    assert metrics.count_parameters(pruned) == metrics.count_parameters(model)  # same dense shapes
+    assert not any(hasattr(m, "weight_mask") for m in pruned.modules())  # zeros made permanent
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="retraining"):
+        baselines.magnitude_prune(model, train_loader, target, 1, retraining="lottery")
+
+
+def test_nonzero_parameters_counts_masks():
+    layer = nn.Linear(4, 3)
+    torch.nn.utils.prune.l1_unstructured(layer, "weight", amount=5)
+    assert baselines.nonzero_parameters(layer) == 12 - 5 + 3
+
+
+@pytest.mark.parametrize("classifier", ["linear", "mlp"])
+def test_torch_pruning_matches_the_folded_widths_and_keeps_top_l1_filters(classifier):
+    model = small_vgg(classifier).eval()
+    pruned = baselines.torch_pruning_l1(model, 0.5, (3, 32, 32)).eval()
+    assert metrics.count_parameters(pruned) == target_for(model, 0.5)
+    first, first_pruned = model.features[0], pruned.features[0]
+    top = torch.sort(torch.topk(first.weight.abs().sum((1, 2, 3)), first_pruned.out_channels).indices).values
+    x = tiny_batch(2)
+    assert torch.allclose(first_pruned(x), first(x)[:, top], atol=1e-6)
+
+
+def test_remove_channels_keeps_the_chosen_ones():
+    model = small_vgg().eval()
+    keep = {"features.0": torch.tensor([0, 2]), "features.3": torch.tensor([1])}
+    pruned = baselines.remove_channels(model, keep, (3, 32, 32)).eval()
+    assert pruned.features[0].out_channels == 2 and pruned.features[3].in_channels == 2
+    assert pruned.features[3].out_channels == 1 and pruned.features[7].in_channels == 1
+    x = tiny_batch(2)
+    assert torch.allclose(pruned.features[0](x), model.features[0](x)[:, [0, 2]], atol=1e-6)
+    with pytest.raises(ValueError, match="keep no channel"):
+        baselines.remove_channels(model, {"features.0": torch.tensor([], dtype=torch.long)}, (3, 32, 32))
+
+
+def test_reinitialise_gives_fresh_weights_of_the_same_shape():
+    model = small_vgg()
+    with torch.no_grad():
+        model.features[0].weight.fill_(1.0)
+    model.features[1].running_mean.fill_(3.0)
+    fresh = baselines.reinitialise(model)
+    assert metrics.count_parameters(fresh) == metrics.count_parameters(model)
+    assert not torch.equal(fresh.features[0].weight, model.features[0].weight)
+    assert torch.equal(fresh.features[1].running_mean, torch.zeros_like(model.features[1].running_mean))
+
+
+def test_channel_scores_attach_and_detach():
+    model = small_vgg().eval()
+    x = tiny_batch(3)
+    reference = model(x)
+    scores = baselines.attach_scores(model)
+    assert set(scores) == {u.name for u in baselines.prunable_units(small_vgg())}
+    model(x)
+    first = scores["features.0"].scores
+    assert first.shape == (model.features[0].out_channels,) and bool(((first > 0) & (first < 1)).all())
+    baselines.detach_scores(model)
+    assert not any(isinstance(m, baselines.ChannelScore) for m in model.modules())
+    assert torch.equal(model(x), reference)
+
+
+def test_autopruner_lambda_grows_tenfold_and_is_capped():
+    assert [baselines.autopruner_lambda(e, 2) for e in range(5)] == [1, 1, 10, 10, 100]
+    assert baselines.autopruner_lambda(1000, 1) == 1e7
+
+
+def test_autopruner_search_moves_scores_towards_the_ratio_and_selection_meets_the_budget(digits):
+    (train_loader, val_loader, _), shape = digits
+    model = small_vgg()
+    searched, scores = baselines.autopruner_search(model, train_loader, 0.5, 2, lambda_every=1, mu=10.0,
+                                                   score_batches=3, progress=False)
+    assert not any(isinstance(m, baselines.ChannelScore) for m in searched.modules())
+    assert abs(sum(float(v.mean()) for v in scores.values()) / len(scores) - 0.5) < 0.15
+    target = target_for(model, 0.5)
+    selection = baselines.autopruner_selection(model, scores, target)
+    pruned = baselines.remove_channels(searched, selection["keep"], shape)
+    assert abs(metrics.count_parameters(pruned) - target) / target < 0.05
+    assert all(len(selection["keep"][n]) == k for n, k in selection["widths"].items())
+    assert 0 <= evaluate(pruned, val_loader, "classification")["acc"] <= 100
+    with pytest.raises(ValueError, match="keep ratio"):
+        baselines.autopruner_search(model, train_loader, 0.0, 1)
+
+
+def test_compare_runs_every_arm_once_and_resumes(digits, tmp_path, monkeypatch):
+    loaders, shape = digits
+    model = small_vgg()
+    protocol = comparison.ComparisonConfig(epochs=2, scratch_epochs=1, ramp_epochs=1, autopruner_epochs=1)
+    rows = comparison.compare(model, loaders, shape, [0.35], ["scratch", "autopruner_scratch", "autopruner",
+                                                              "torch_pruning_l1"], protocol,
+                              results_dir=tmp_path, progress=False)
+    assert [r["method"] for r in rows] == ["torch_pruning_l1", "autopruner", "autopruner_scratch", "scratch"]
+    by_method = {r["method"]: r for r in rows}
+    assert by_method["autopruner_scratch"]["params"] == by_method["autopruner"]["params"]
+    assert by_method["scratch"]["params"] == by_method["torch_pruning_l1"]["params"] == rows[0]["target_params"]
+    assert by_method["scratch"]["epochs"] == 1 and by_method["autopruner"]["epochs"] == 2
+    assert all(abs(r["param_fraction"] - 0.35) < 0.02 for r in rows)
+    assert json.loads((tmp_path / "0.35_scratch.json").read_text())["val_acc"] == by_method["scratch"]["val_acc"]
+
+    def no_rerun(*args, **kwargs):
+        raise AssertionError("a finished arm ran again")
+
+    monkeypatch.setattr(comparison, "run_arm", no_rerun)
+    again = comparison.compare(model, loaders, shape, [0.35], ["torch_pruning_l1", "autopruner", "autopruner_scratch",
+                                                               "scratch"], protocol, results_dir=tmp_path)
+    assert again == rows
+
+    def fresh_arm(method, *args, **kwargs):
+        assert not (tmp_path / "0.35_checkpoints" / f"{method}.pt").exists(), "a fresh arm found old checkpoints"
+        return None, {**by_method[method], "val_acc": -1.0}
+
+    monkeypatch.setattr(comparison, "run_arm", fresh_arm)
+    rerun = comparison.compare(model, loaders, shape, [0.35], ["scratch"], protocol, results_dir=tmp_path, resume=False)
+    assert rerun[0]["val_acc"] == -1.0
+
+
+def test_compare_rejects_bad_input(digits, tmp_path):
+    loaders, shape = digits
+    model = small_vgg()
+    with pytest.raises(ValueError, match="unknown methods"):
+        comparison.compare(model, loaders, shape, [0.35], ["obd"], results_dir=tmp_path)
+    with pytest.raises(ValueError, match="list 'autopruner' too"):
+        comparison.compare(model, loaders, shape, [0.35], ["autopruner_scratch"], results_dir=tmp_path)
+    with pytest.raises(ValueError, match="fractions"):
+        comparison.compare(model, loaders, shape, [1.5], ["scratch"], results_dir=tmp_path)
+    with pytest.raises(ValueError, match="autopruner_epochs"):
+        comparison.compare(model, loaders, shape, [0.35], ["scratch"], comparison.ComparisonConfig(epochs=2,
+                           autopruner_epochs=2), results_dir=tmp_path)
+
+
+def test_gaps_name_the_best_other_method():
+    rows = [{"fraction": 0.35, "method": "branches", "val_acc": 78.0, "test_acc": 77.0},
+            {"fraction": 0.35, "method": "torch_pruning_l1", "val_acc": 78.5, "test_acc": 78.0},
+            {"fraction": 0.35, "method": "scratch", "val_acc": 76.0, "test_acc": 79.0},
+            {"fraction": 0.12, "method": "branches", "val_acc": 72.0, "test_acc": 71.0},
+            {"fraction": 0.12, "method": "scratch", "val_acc": 70.0, "test_acc": 70.5}]
+    found = comparison.gaps(rows)
+    assert [(g["fraction"], g["best_other"]) for g in found] == [(0.35, "torch_pruning_l1"), (0.12, "scratch")]
+    assert found[0]["val_gap"] == pytest.approx(-0.5) and found[1]["test_gap"] == pytest.approx(0.5)
+
+
+def test_zeros_keep_the_dense_cost():
+    model = small_vgg()
+    rows = comparison.zeros_speed(model, [0.35], (3, 32, 32), (1,), min_run_time=0.01, repeats=1)
+    by_variant = {r["variant"]: r for r in rows}
+    macs = metrics.count_macs(model, (3, 32, 32))
+    assert by_variant["magnitude (zeros)"]["macs"] == macs > by_variant["filter-pruned"]["macs"]
+    assert by_variant["magnitude (zeros)"]["params"] == by_variant["filter-pruned"]["params"]
+    assert all(r["speedup"] > 0 and r["s_per_image"] > 0 for r in rows)

@@ -1,0 +1,76 @@
+import csv
+import json
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from pruning_utils import sweep
+
+PARAMETERS = '''
+SIZE: int = 1             # a number
+LABEL: str = "a"          # a text
+OUTPUT_DIR: str = "."     # where the record goes
+RUN_NAME: str = "toy"     # file stem of the record
+PROGRESS: bool = True     # unused
+'''
+BODY = '''
+from pruning_utils import records
+records.write_record(records.output_dir("quick", OUTPUT_DIR) / f"{RUN_NAME}.json", "toy.ipynb",
+                     {"SIZE": SIZE, "LABEL": LABEL}, {"run": {"val_acc": SIZE * 10.0}, "label_length": len(LABEL)})
+'''
+
+
+@pytest.fixture
+def toy(tmp_path):
+    notebook = tmp_path / "toy.ipynb"
+    nb = new_notebook(cells=[new_code_cell(PARAMETERS, metadata={"tags": ["parameters"]}), new_code_cell(BODY)],
+                      metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    nbformat.write(nb, notebook)
+    return notebook
+
+
+def write_grid(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_sweep_runs_the_grid_summarises_and_resumes(toy, tmp_path, capsys):
+    grid = write_grid(tmp_path / "grid.yaml", "fixed: {LABEL: abc}\ngrid: {SIZE: [1, 2, 3]}\n")
+    out = tmp_path / "sweep"
+    rows = sweep.run_sweep(toy, grid, out, jobs=2)
+    assert [(r["SIZE"], r["run.val_acc"], r["label_length"]) for r in rows] == [(1, 10.0, 3), (2, 20.0, 3), (3, 30.0, 3)]
+    assert sorted(p.name for p in out.glob("*.ipynb")) == ["SIZE=1.ipynb", "SIZE=2.ipynb", "SIZE=3.ipynb"]
+    with open(out / "summary.csv") as fh:
+        assert [row["run.val_acc"] for row in csv.DictReader(fh)] == ["10.0", "20.0", "30.0"]
+    assert (out / "summary.png").stat().st_size > 0
+    (out / "SIZE=2.json").unlink()
+    capsys.readouterr()
+    sweep.run_sweep(toy, grid, out)
+    assert "3 runs, 2 already done, 1 to run" in capsys.readouterr().out
+    assert json.loads((out / "SIZE=2.json").read_text())["metrics"]["run"]["val_acc"] == 20.0
+
+
+@pytest.mark.parametrize("text, message", [
+    ("grid: {SIZES: [1, 2]}\n", "no parameters \\['SIZES'\\]"),
+    ("grid: {RUN_NAME: [a, b]}\n", "sets \\['RUN_NAME'\\] itself"),
+    ("fixed: {SIZE: 1}\ngrid: {SIZE: [1, 2]}\n", "both fixed and grid"),
+    ("grid: {SIZE: 3}\n", "non-empty list"),
+    ("runs: {SIZE: [1]}\n", "keys 'fixed' and 'grid'"),
+])
+def test_bad_grids_fail_before_anything_runs(toy, tmp_path, text, message):
+    grid = write_grid(tmp_path / "grid.yaml", text)
+    with pytest.raises(ValueError, match=message):
+        sweep.run_sweep(toy, grid, tmp_path / "sweep")
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_command_line_reports_errors(toy, tmp_path, capsys):
+    grid = write_grid(tmp_path / "grid.yaml", "grid: {SIZEZ: [1]}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.main([str(toy), str(grid), "--out", str(tmp_path / "sweep")])
+    assert exit_info.value.code == 2 and "no parameters" in capsys.readouterr().err
+
+
+def test_flatten_keeps_nested_scalars():
+    assert sweep.flatten({"a": {"b": 1, "c": [1, 2], "d": {"e": 2.5}}, "f": "text", "g": True}) == {"a.b": 1, "a.d.e": 2.5}
