@@ -137,6 +137,40 @@ def time_per_image(model: nn.Module, input_shape: tuple[int, ...], batch_size: i
                        "blocks": len(r.times)} for r in runs])
 
 
+def operator_group(name: str) -> str:
+    """The group of a profiler event: conv, batch_norm, relu, max_pool, linear or other."""
+    groups = (("conv", ("conv", "mkldnn")), ("batch_norm", ("batch_norm",)), ("relu", ("relu", "threshold")),
+              ("max_pool", ("pool",)), ("linear", ("addmm", "linear", "aten::mm")))
+    return next((group for group, keys in groups if any(k in name for k in keys)), "other")
+
+
+def time_by_operator(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, threads: int | None = None,
+                     steps: int = 20) -> dict[str, float]:
+    """Milliseconds of one eval-mode CPU forward by operator group (:func:`operator_group`): the self CPU time that
+    ``torch.profiler`` records over ``steps`` forwards after a warm-up, divided by ``steps``. Shows which parts
+    of a network shrink with its MACs (convolutions) and which do not (memory-bound BatchNorm, pooling)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = model.to("cpu").eval()
+    x = torch.randn(batch_size, *input_shape)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or previous)
+    try:
+        with torch.inference_mode():
+            for _ in range(3):
+                model(x)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(steps):
+                    model(x)
+    finally:
+        torch.set_num_threads(previous)
+    totals: dict[str, float] = {}
+    for event in prof.key_averages():
+        group = operator_group(event.key)
+        totals[group] = totals.get(group, 0.0) + event.self_cpu_time_total / steps / 1000
+    return dict(sorted(totals.items()))
+
+
 def summarize(runs: list[dict]) -> dict[str, float]:
     """Timing runs (each with ``s_per_image``, ``iqr_s_per_image``, ``blocks``) as one: the median of their
     medians, the median of their interquartile ranges, the smallest and largest median, the blocks in all."""
@@ -258,8 +292,10 @@ def check_settings(models, keep_ratio: float = 0.59, batch_sizes=(1,), threads: 
 
 
 def measure(kind: str, variants: dict[str, nn.Module], batch_sizes, devices=("cpu",), threads: int | None = None,
-            min_run_time: float = 1.0, repeats: int = 1, channels_last: bool = False, ram: bool = True) -> list[dict]:
-    """Rows of every variant of one model at every batch size (columns: see the module docstring).
+            min_run_time: float = 1.0, repeats: int = 1, channels_last: bool = False, ram: bool = True,
+            by_operator: bool = False) -> list[dict]:
+    """Rows of every variant of one model at every batch size (columns: see the module docstring; with
+    ``by_operator`` also ``cpu_ms_by_operator`` from :func:`time_by_operator`).
 
     The ``repeats`` timing runs of each case alternate between the variants, so that a slow spell of the
     machine does not fall on one variant alone.
@@ -285,6 +321,10 @@ def measure(kind: str, variants: dict[str, nn.Module], batch_sizes, devices=("cp
                     rows[variant][b]["cuda_peak_allocated_mib"] = peak_cuda_memory_mib(model, shape, b, channels_last)
         for model in variants.values():
             model.to("cpu")
+    if by_operator:
+        for variant, model in variants.items():
+            for b in batch_sizes:
+                rows[variant][b]["cpu_ms_by_operator"] = time_by_operator(model, shape, b, threads)
     if ram:
         for variant, model in variants.items():
             rows[variant][batch_sizes[-1]].update(peak_ram_subprocess(model, shape, batch_sizes[-1], threads,
@@ -295,7 +335,8 @@ def measure(kind: str, variants: dict[str, nn.Module], batch_sizes, devices=("cp
 def run(models=("vgg16", "autoencoder"), width: float = 1.0, keep_ratio: float = 0.59, ae_part: str = "encoder",
         batch_sizes=(1, 8, 32), threads: int | None = None, min_run_time: float = 1.0, channel_multiple: int = 1,
         device: str = "auto", ram: bool = True, fuse_bn: bool = False, channels_last: bool = False, repeats: int = 1,
-        checkpoint: str | Path | None = None, folded_file: str | Path | None = None) -> list[dict]:
+        checkpoint: str | Path | None = None, folded_file: str | Path | None = None,
+        by_operator: bool = False) -> list[dict]:
     """Benchmark every variant of each model; one row per model, variant and batch size.
 
     ``ae_part``: the autoencoder's units that are pruned (VGG16: all). ``checkpoint`` / ``folded_file`` (one
@@ -310,7 +351,8 @@ def run(models=("vgg16", "autoencoder"), width: float = 1.0, keep_ratio: float =
         include = AE_PARTS[ae_part] if kind == "autoencoder" else None
         variants = build_variants(kind, width, keep_ratio, include, channel_multiple, fuse_bn,
                                   checkpoint=checkpoint, folded_file=folded_file)
-        measured = measure(kind, variants, batch_sizes, devices, threads, min_run_time, repeats, channels_last, ram)
+        measured = measure(kind, variants, batch_sizes, devices, threads, min_run_time, repeats, channels_last, ram,
+                           by_operator)
         rows += [{"model": kind, "variant": row["variant"], **settings, **row} for row in measured]
     return rows
 
@@ -401,6 +443,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--min-run-time", type=float, default=1.0, help="seconds of measurement per timing run (default 1)")
     p.add_argument("--repeats", type=int, default=1, help="timing runs per case; their median is reported (default 1)")
     p.add_argument("--no-ram", action="store_true", help="skip the peak-RAM subprocesses")
+    p.add_argument("--by-operator", action="store_true",
+                   help="also profile one CPU forward by operator group (column cpu_ms_by_operator)")
     p.add_argument("--checkpoint", type=Path, help="baseline checkpoint for the original (one model only)")
     p.add_argument("--folded-file", type=Path, help="a save_plain file to use as the folded variant (one model only)")
     p.add_argument("--out", type=Path, default=RUNS_DIR / "bench",
@@ -423,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         cli.error(str(err))
     rows = run(args.models, args.width, args.keep_ratio, args.ae_part, args.batch_sizes, settings["threads"],
                args.min_run_time, args.channel_multiple, args.device, not args.no_ram, args.fuse_bn,
-               args.channels_last, args.repeats, args.checkpoint, args.folded_file)
+               args.channels_last, args.repeats, args.checkpoint, args.folded_file, args.by_operator)
     print(format_report(rows))
     command = shlex.join(["python", "-m", "pruning_utils.bench", *argv])
     for path in write_results(rows, args.out, args.name, command, settings):

@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             launcher = f"torchrun --nproc_per_node {world}" if world > 1 else "python"
             write_record(out, "pruning_utils.cli", vars(args) | {"out": str(args.out)}, metrics,
                          command=f"{launcher} -m pruning_utils.cli {arguments}")
-            print(f"{world} process(es): validation {metrics['val_acc']:.2f}% (baseline {metrics['baseline_val_acc']:.2f}%), "
+            print(f"{world} process(es): validation {metrics['val_acc']:.2f}% "
+                  f"(baseline {metrics['baseline_val_acc']:.2f}%), "
                   f"{metrics['params']:,} parameters; written to {out}")
     finally:
         distributed.cleanup()

@@ -35,6 +35,7 @@ from .train import evaluate, fit
 
 METHODS = ("branches", "torch_pruning_l1", "magnitude_finetune", "magnitude_rewind", "autopruner",
            "autopruner_scratch", "scratch")
+STRUCTURED = ("torch_pruning_l1", "autopruner")  # structured pruning from the baseline, the same epochs as branches
 
 
 @dataclass
@@ -56,7 +57,8 @@ class ComparisonConfig:
 
     def validate(self) -> None:
         if self.epochs < 1 or self.scratch_epochs < 1:
-            raise ValueError(f"epochs and scratch_epochs must be at least 1, got {self.epochs} and {self.scratch_epochs}")
+            raise ValueError(f"epochs and scratch_epochs must be at least 1, got {self.epochs} and "
+                             f"{self.scratch_epochs}")
         if not 0 < self.ramp_epochs <= self.epochs:
             raise ValueError(f"ramp_epochs must be in [1, epochs={self.epochs}], got {self.ramp_epochs}")
         if not 0 < self.autopruner_epochs < self.epochs:
@@ -96,6 +98,66 @@ def _fine_tune(model: nn.Module, loaders, epochs: int, lr: float, config: Compar
     return epochs
 
 
+def _branches(baseline, keep_ratio, target, loaders, input_shape, config, checkpoint_dir, found, seed, progress):
+    schedule = ramp("linear", config.ramp_epochs, config.epochs - config.ramp_epochs)
+    prune_config = PruneConfig(lr=config.lr, weight_decay=config.weight_decay, lr_schedule="onecycle",
+                               loss=config.branch_loss)
+    result = prune_and_fold(baseline, keep_ratio, loaders, schedule, prune_config, task="classification",
+                            input_shape=input_shape, init="l1", teacher=baseline,
+                            checkpoint_dir=checkpoint_dir / "branches" if checkpoint_dir else None, progress=progress)
+    return result.folded, result.metrics["epochs"], {
+        "fold_relative_max_difference": result.metrics["fold_relative_max_difference"]}
+
+
+def _torch_pruning(baseline, keep_ratio, target, loaders, input_shape, config, checkpoint_dir, found, seed, progress):
+    model = baselines.torch_pruning_l1(baseline, keep_ratio, input_shape)
+    checkpoint = checkpoint_dir / "torch_pruning_l1.pt" if checkpoint_dir else None
+    return model, _fine_tune(model, loaders, config.epochs, config.lr, config, progress, checkpoint), {}
+
+
+def _magnitude(retraining: str):
+    def arm(baseline, keep_ratio, target, loaders, input_shape, config, checkpoint_dir, found, seed, progress):
+        model = baselines.magnitude_prune(baseline, loaders[0], target, config.epochs, lr=config.lr,
+                                          retraining=retraining, rate=config.magnitude_rate,
+                                          weight_decay=config.weight_decay, progress=progress)
+        rounds = len(baselines.magnitude_rounds(baseline, target, config.magnitude_rate))
+        return model, config.epochs, {"rounds": rounds}
+    return arm
+
+
+def _autopruner(baseline, keep_ratio, target, loaders, input_shape, config, checkpoint_dir, found, seed, progress):
+    searched, scores = baselines.autopruner_search(
+        baseline, loaders[0], keep_ratio, config.autopruner_epochs, lr=config.lr, mu=config.autopruner_mu,
+        lambda_every=config.autopruner_lambda_every, max_scale=config.autopruner_max_scale,
+        weight_decay=config.weight_decay, progress=progress)
+    selection = baselines.autopruner_selection(baseline, scores, target)
+    model = baselines.remove_channels(searched, selection["keep"], input_shape)
+    tuned = _fine_tune(model, loaders, config.epochs - config.autopruner_epochs, config.lr, config, progress)
+    return model, config.autopruner_epochs + tuned, {"selected_above_half": selection["selected_above_half"],
+                                                     "widths": selection["widths"]}
+
+
+def _from_scratch(method: str):
+    def arm(baseline, keep_ratio, target, loaders, input_shape, config, checkpoint_dir, found, seed, progress):
+        if method == "scratch":
+            shape = baselines.torch_pruning_l1(baseline, keep_ratio, input_shape)
+        elif not found or "widths" not in found:
+            raise ValueError("autopruner_scratch needs the widths of the autopruner arm at the same budget")
+        else:
+            shape = baselines.remove_channels(baseline, {n: torch.arange(k) for n, k in found["widths"].items()},
+                                              input_shape)
+        model = baselines.reinitialise(shape, seed)
+        checkpoint = checkpoint_dir / f"{method}.pt" if checkpoint_dir else None
+        return model, _fine_tune(model, loaders, config.scratch_epochs, config.scratch_lr, config, progress,
+                                 checkpoint), {}
+    return arm
+
+
+ARMS = {"branches": _branches, "torch_pruning_l1": _torch_pruning, "magnitude_finetune": _magnitude("finetune"),
+        "magnitude_rewind": _magnitude("rewind"), "autopruner": _autopruner,
+        "autopruner_scratch": _from_scratch("autopruner_scratch"), "scratch": _from_scratch("scratch")}
+
+
 def run_arm(method: str, baseline: nn.Module, keep_ratio: float, loaders, input_shape, config: ComparisonConfig, *,
             found: dict | None = None, seed: int = 0, checkpoint_dir: Path | None = None,
             progress: bool = True) -> tuple[nn.Module, dict]:
@@ -105,51 +167,12 @@ def run_arm(method: str, baseline: nn.Module, keep_ratio: float, loaders, input_
     ``checkpoint_dir``: the branches' stage checkpoints and the epoch checkpoints of the arms whose
     architecture is fixed before training (Torch-Pruning, from scratch) go there, so those arms resume.
     """
-    checkpoint = Path(checkpoint_dir) / f"{method}.pt" if checkpoint_dir else None
+    if method not in ARMS:
+        raise ValueError(f"unknown method {method!r}; choose from {list(METHODS)}")
     target = count_parameters(pruned_and_folded(baseline, keep_ratio))
-    extra: dict = {}
     start = time.perf_counter()
-    if method == "branches":
-        schedule = ramp("linear", config.ramp_epochs, config.epochs - config.ramp_epochs)
-        prune_config = PruneConfig(lr=config.lr, weight_decay=config.weight_decay, lr_schedule="onecycle",
-                                   loss=config.branch_loss)
-        result = prune_and_fold(baseline, keep_ratio, loaders, schedule, prune_config, task="classification",
-                                input_shape=input_shape, init="l1", teacher=baseline,
-                                checkpoint_dir=Path(checkpoint_dir) / method if checkpoint_dir else None,
-                                progress=progress)
-        model, epochs = result.folded, result.metrics["epochs"]
-        extra["fold_relative_max_difference"] = result.metrics["fold_relative_max_difference"]
-    elif method == "torch_pruning_l1":
-        model = baselines.torch_pruning_l1(baseline, keep_ratio, input_shape)
-        epochs = _fine_tune(model, loaders, config.epochs, config.lr, config, progress, checkpoint)
-    elif method in ("magnitude_finetune", "magnitude_rewind"):
-        model = baselines.magnitude_prune(baseline, loaders[0], target, config.epochs, lr=config.lr,
-                                          retraining=method.split("_")[1], rate=config.magnitude_rate,
-                                          weight_decay=config.weight_decay, progress=progress)
-        epochs = config.epochs
-        extra["rounds"] = len(baselines.magnitude_rounds(baseline, target, config.magnitude_rate))
-    elif method == "autopruner":
-        searched, scores = baselines.autopruner_search(
-            baseline, loaders[0], keep_ratio, config.autopruner_epochs, lr=config.lr, mu=config.autopruner_mu,
-            lambda_every=config.autopruner_lambda_every, max_scale=config.autopruner_max_scale,
-            weight_decay=config.weight_decay, progress=progress)
-        selection = baselines.autopruner_selection(baseline, scores, target)
-        model = baselines.remove_channels(searched, selection["keep"], input_shape)
-        epochs = config.autopruner_epochs + _fine_tune(model, loaders, config.epochs - config.autopruner_epochs,
-                                                       config.lr, config, progress)
-        extra.update(selected_above_half=selection["selected_above_half"], widths=selection["widths"])
-    elif method in ("autopruner_scratch", "scratch"):
-        if method == "scratch":
-            shape = baselines.torch_pruning_l1(baseline, keep_ratio, input_shape)
-        else:
-            if not found or "widths" not in found:
-                raise ValueError("autopruner_scratch needs the widths of the autopruner arm at the same budget")
-            shape = baselines.remove_channels(baseline, {n: torch.arange(k) for n, k in found["widths"].items()},
-                                              input_shape)
-        model = baselines.reinitialise(shape, seed)
-        epochs = _fine_tune(model, loaders, config.scratch_epochs, config.scratch_lr, config, progress, checkpoint)
-    else:
-        check_methods([method])
+    model, epochs, extra = ARMS[method](baseline, keep_ratio, target, loaders, input_shape, config,
+                                        Path(checkpoint_dir) if checkpoint_dir else None, found, seed, progress)
     seconds = time.perf_counter() - start
     params = baselines.nonzero_parameters(model) if method.startswith("magnitude") else count_parameters(model)
     metrics = {"method": method, "keep_ratio": keep_ratio, "target_params": target, "params": params,
@@ -165,8 +188,8 @@ def compare(baseline: nn.Module, loaders, input_shape, fractions, methods=METHOD
 
     Each arm's row is written to ``results_dir/<fraction>_<method>.json`` when it ends; with ``resume``
     an arm whose file exists is read, not rerun, and an interrupted arm continues from its checkpoints
-    (``results_dir/<fraction>_checkpoints``); without it every arm starts afresh. Rows carry ``fraction`` and ``param_fraction`` (of the
-    baseline's parameters) beside the metrics of :func:`run_arm`.
+    (``results_dir/<fraction>_checkpoints``); without it every arm starts afresh. Rows carry ``fraction`` and
+    ``param_fraction`` (of the baseline's parameters) beside the metrics of :func:`run_arm`.
     """
     config = config or ComparisonConfig()
     config.validate()
@@ -231,13 +254,14 @@ def zeros_speed(baseline: nn.Module, fractions, input_shape, batch_sizes=(1, 32)
     return rows
 
 
-def gaps(rows: list[dict], method: str = "branches") -> list[dict]:
-    """At each fraction, ``method``'s accuracy minus that of the best other method (by validation accuracy);
-    positive where ``method`` leads."""
+def gaps(rows: list[dict], method: str = "branches", among=None) -> list[dict]:
+    """At each fraction, ``method``'s accuracy minus that of the best other method (by validation accuracy), or
+    the best of those named in ``among`` (e.g. :data:`STRUCTURED`); positive where ``method`` leads."""
     table = []
     for fraction in dict.fromkeys(r["fraction"] for r in rows):
         own = [r for r in rows if r["fraction"] == fraction and r["method"] == method]
-        others = [r for r in rows if r["fraction"] == fraction and r["method"] != method]
+        others = [r for r in rows if r["fraction"] == fraction and r["method"] != method
+                  and (among is None or r["method"] in among)]
         if not own or not others:
             continue
         best = max(others, key=lambda r: r["val_acc"])

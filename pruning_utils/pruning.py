@@ -4,8 +4,9 @@ Stages train at a fixed alpha (or with alpha ramped every step). The learning ra
 alpha drop (``lr_schedule="plateau"`` or ``"constant"``) or follows one schedule over the whole run
 (``"onecycle"``, ``"cosine"``). After the last stage, optional restarts at alpha = 0 with the
 learning rate x10 each time keep the best weights; with ``restart_patience`` a restart runs only
-while training at alpha = 0 is stuck (the seeds: "when training is stuck in a local minimum"). A checkpoint is written after every stage;
-a run resumes from the latest one (or any stage) with alpha restored from it.
+while training at alpha = 0 is stuck (the seeds: "when training is stuck in a local minimum"). A
+checkpoint is written after every stage; a run resumes from the latest one (or any stage) with alpha
+restored from it. Under ``torchrun`` the loop trains with DistributedDataParallel.
 """
 from __future__ import annotations
 

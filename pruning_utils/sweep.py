@@ -79,7 +79,7 @@ def plan_runs(fixed: dict, grid: dict) -> list[tuple[str, dict]]:
 
 
 def flatten(metrics: dict, prefix: str = "") -> dict:
-    """Scalar values of a nested dict as {"a.b.c": value} (lists and strings other than the top level's are left out)."""
+    """The numbers of a nested dict as {"a.b.c": value}; lists, strings and booleans are left out."""
     flat = {}
     for key, value in metrics.items():
         name = f"{prefix}{key}"

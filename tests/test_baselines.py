@@ -186,6 +186,9 @@ def test_gaps_name_the_best_other_method():
     found = comparison.gaps(rows)
     assert [(g["fraction"], g["best_other"]) for g in found] == [(0.35, "torch_pruning_l1"), (0.12, "scratch")]
     assert found[0]["val_gap"] == pytest.approx(-0.5) and found[1]["test_gap"] == pytest.approx(0.5)
+    structured = comparison.gaps(rows, among=["scratch"])
+    assert [g["best_other"] for g in structured] == ["scratch", "scratch"]
+    assert structured[0]["val_gap"] == pytest.approx(2.0)
 
 
 def test_zeros_keep_the_dense_cost():

@@ -42,6 +42,17 @@ def test_rows_and_speedups():
     assert "efficiency" in bench.format_report(rows)
 
 
+def test_time_by_operator_groups_the_profile():
+    assert [bench.operator_group(n) for n in ("aten::mkldnn_convolution", "aten::native_batch_norm",
+                                               "aten::max_pool2d_with_indices", "aten::addmm", "aten::clamp_min_",
+                                               "aten::relu_")] == ["conv", "batch_norm", "max_pool", "linear",
+                                                                   "other", "relu"]
+    rows = bench.run(["vgg16"], device="cpu", by_operator=True, **TINY)
+    times = [r["cpu_ms_by_operator"] for r in rows]
+    assert all(t["conv"] > 0 and t["batch_norm"] > 0 and min(t.values()) >= 0 for t in times)
+    assert set().union(*times) <= {"conv", "batch_norm", "relu", "max_pool", "linear", "other"}
+
+
 def test_peak_ram_in_a_fresh_process():
     model = bench.original_model("vgg16", 0.0625)
     ram = bench.peak_ram_subprocess(model, bench.MODELS["vgg16"], batch_size=2)
