@@ -149,6 +149,7 @@ def chains(draw):
             layer = nn.ConvTranspose2d(channels, out, kernel, stride, padding, output_padding, bias=bias,
                                        dilation=dilation)
             size = (size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
+        assume(size >= 1)  # a geometry that empties the map says nothing about folding
         layers.append(layer)
         if draw(st.booleans()):
             layers.append(nn.BatchNorm2d(out))
@@ -172,7 +173,7 @@ def chains(draw):
     return nn.Sequential(*layers), draw(st.floats(0.1, 1.0)), draw(st.sampled_from(["he", "l1"])), draw(st.booleans())
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(chains())
 def test_random_chains_fold_exactly(case):
     model, ratio, init, fuse_bn = case
