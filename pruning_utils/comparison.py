@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +29,7 @@ from .experiments import prune_and_fold
 from .metrics import count_macs, count_parameters, keep_ratio_for_fraction, pruned_and_folded
 from .pruning import PruneConfig
 from .schedules import ramp
-from .train import evaluate, fit
+from .train import atomic_write, evaluate, fit
 
 METHODS = ("branches", "torch_pruning_l1", "magnitude_finetune", "magnitude_rewind", "autopruner",
            "autopruner_scratch", "scratch")
@@ -74,14 +72,6 @@ def check_methods(methods) -> list[str]:
     if "autopruner_scratch" in methods and "autopruner" not in methods:
         raise ValueError("'autopruner_scratch' retrains the architecture 'autopruner' finds: list 'autopruner' too")
     return [m for m in METHODS if m in methods]
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2, default=float)
-    os.replace(tmp, path)
 
 
 def _scores(model: nn.Module, loaders) -> dict:
@@ -217,7 +207,7 @@ def compare(baseline: nn.Module, loaders, input_shape, fractions, methods=METHOD
                                      found=found, seed=seed, progress=progress, checkpoint_dir=checkpoints)
                 row = {"fraction": fraction, "param_fraction": metrics["params"] / total, **metrics,
                        "config": asdict(config)}
-                _write_json(path, row)
+                atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(row, indent=2, default=float)))
             found = row if method == "autopruner" else found
             rows.append(row)
     return rows

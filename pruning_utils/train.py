@@ -136,8 +136,8 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
 # --------------------------------------------------------------------------------------------
 # Checkpoints
 # --------------------------------------------------------------------------------------------
-def save_checkpoint(path: str | Path, **state) -> Path:
-    """Write ``state`` with torch.save to a temporary file beside ``path``, then rename it into place
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
+    """``write(temporary path)`` beside ``path``, then rename it into place: a reader never sees half a file
     (on rank 0 only when several processes run)."""
     path = Path(path)
     if not is_main():
@@ -146,12 +146,17 @@ def save_checkpoint(path: str | Path, **state) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(state, tmp)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def save_checkpoint(path: str | Path, **state) -> Path:
+    """Write ``state`` with torch.save, atomically (:func:`atomic_write`)."""
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
