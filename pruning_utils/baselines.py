@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 from tqdm.auto import tqdm
 
-from .branches import LINEAR_TYPES, kept_channels, prunable_units
+from .branches import LINEAR_TYPES, kept_channels, out_channels, prunable_units
 from .config import show_progress
 from .metrics import count_parameters, pruned_and_folded
 from .models import init_weights
@@ -115,10 +115,6 @@ def _layers(model: nn.Module) -> dict[str, nn.Module]:
     return {unit.name: model.get_submodule(unit.name) for unit in prunable_units(model)}
 
 
-def _out_channels(layer: nn.Module) -> int:
-    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
-
-
 def _last_layer(model: nn.Module) -> nn.Module:
     return [m for m in model.modules() if isinstance(m, LINEAR_TYPES)][-1]
 
@@ -131,7 +127,7 @@ def torch_pruning_l1(model: nn.Module, keep_ratio: float, input_shape: tuple[int
     """
     pruned = copy.deepcopy(model).cpu()
     layers = _layers(pruned).values()
-    ratios = {layer: max(0.0, 1 - (kept_channels(_out_channels(layer), keep_ratio) + 0.5) / _out_channels(layer))
+    ratios = {layer: max(0.0, 1 - (kept_channels(out_channels(layer), keep_ratio) + 0.5) / out_channels(layer))
               for layer in layers}
     pruner = tp.pruner.MagnitudePruner(pruned, torch.randn(1, *input_shape), tp.importance.MagnitudeImportance(p=1),
                                        pruning_ratio_dict=ratios, ignored_layers=[_last_layer(pruned)])
@@ -146,7 +142,7 @@ def remove_channels(model: nn.Module, keep: dict[str, torch.Tensor], input_shape
     graph = tp.DependencyGraph().build_dependency(pruned, example_inputs=torch.randn(1, *input_shape))
     for name, kept in keep.items():
         layer = pruned.get_submodule(name)
-        drop = sorted(set(range(_out_channels(layer))) - set(kept.tolist()))
+        drop = sorted(set(range(out_channels(layer))) - set(kept.tolist()))
         if not kept.numel():
             raise ValueError(f"layer {name!r} would keep no channel; keep at least one")
         if drop:
@@ -199,7 +195,7 @@ def attach_scores(model: nn.Module) -> dict[str, ChannelScore]:
     for unit in prunable_units(model):
         place = unit.post_ops[-1] if unit.post_ops else unit.name
         layer = model.get_submodule(unit.name)
-        scores[unit.name] = ChannelScore(_out_channels(layer)).to(layer.weight.device)
+        scores[unit.name] = ChannelScore(out_channels(layer)).to(layer.weight.device)
         model.set_submodule(place, nn.Sequential(model.get_submodule(place), scores[unit.name]))
     return scores
 
@@ -265,13 +261,13 @@ def widths_for_budget(model: nn.Module, counts: dict[str, int], target_params: i
     layers = _layers(model)
 
     def widths(factor: float) -> dict[str, int]:
-        return {name: min(_out_channels(layers[name]), max(1, round(factor * n))) for name, n in counts.items()}
+        return {name: min(out_channels(layers[name]), max(1, round(factor * n))) for name, n in counts.items()}
 
     def params(factor: float) -> int:
-        ratios = {name: min(1.0, (k + 0.5) / _out_channels(layers[name])) for name, k in widths(factor).items()}
+        ratios = {name: min(1.0, (k + 0.5) / out_channels(layers[name])) for name, k in widths(factor).items()}
         return count_parameters(pruned_and_folded(model, ratios))
 
-    low, high = 0.0, max(_out_channels(layers[n]) / max(1, c) for n, c in counts.items())
+    low, high = 0.0, max(out_channels(layers[n]) / max(1, c) for n, c in counts.items())
     for _ in range(40):
         middle = (low + high) / 2
         low, high = (middle, high) if params(middle) < target_params else (low, middle)

@@ -216,7 +216,8 @@ def kept_channels(channels: int, ratio: float, multiple: int = 1) -> int:
     return k
 
 
-def _out_channels(layer: nn.Module) -> int:
+def out_channels(layer: nn.Module) -> int:
+    """Output channels of a Conv2d or ConvTranspose2d, output features of a Linear."""
     return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
 
 
@@ -278,7 +279,7 @@ def make_branched_unit(layer: nn.Module, post_ops: list[nn.Module], k: int, init
     """
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
-    channels = _out_channels(layer)
+    channels = out_channels(layer)
     narrow = _narrow_copy(layer, k)
     narrow_ops = [_narrow_post_op(op, k) for op in post_ops]
     factory = {"device": layer.weight.device, "dtype": layer.weight.dtype}
@@ -361,7 +362,7 @@ def attach_branches(model: nn.Module, keep_ratio: float | Mapping[str, float], i
                                         f"after a reshape; the expansion could not be folded into that layer")
         layer = model.get_submodule(unit.name)
         post_ops = [model.get_submodule(n) for n in unit.post_ops]
-        branched = make_branched_unit(layer, post_ops, kept_channels(_out_channels(layer), ratios[unit.name],
+        branched = make_branched_unit(layer, post_ops, kept_channels(out_channels(layer), ratios[unit.name],
                                                                      channel_multiple), init)
         branched.placeholders, branched.successor = list(unit.post_ops), unit.next_linear
         model.set_submodule(unit.name, branched)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .branches import LINEAR_TYPES, attach_branches, set_alpha
+from .branches import LINEAR_TYPES, attach_branches, out_channels, set_alpha
 from .folding import fold
 from .models import count_parameters
 
@@ -31,8 +31,7 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 
 def layer_widths(model: nn.Module) -> list[tuple[str, int]]:
     """(name, output channels) of every Conv2d, ConvTranspose2d and Linear layer, in registration order."""
-    return [(name, m.out_features if isinstance(m, nn.Linear) else m.out_channels)
-            for name, m in model.named_modules() if isinstance(m, LINEAR_TYPES)]
+    return [(name, out_channels(m)) for name, m in model.named_modules() if isinstance(m, LINEAR_TYPES)]
 
 
 def pruned_and_folded(model: nn.Module, keep_ratio, **attach_options) -> nn.Module:

@@ -24,6 +24,7 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from unittest.mock import patch
 
 import yaml
 
@@ -113,18 +114,10 @@ def run_sweep(notebook: str | Path, grid_file: str | Path, out: str | Path | Non
         print(f"done: {name}", flush=True)
 
     print(f"{len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to run with {jobs} at once in {out}")
-    saved = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = threads  # the kernels inherit it: no oversubscribed cores
-    try:
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            list(pool.map(execute, todo))
-    finally:
-        if saved is None:
-            os.environ.pop("OMP_NUM_THREADS")
-        else:
-            os.environ["OMP_NUM_THREADS"] = saved
-    rows = [{"run": name, **{a: params[a] for a in grid}, **flatten(json.loads((out / f"{name}.json").read_text())["metrics"])}
-            for name, params in runs]
+    with patch.dict(os.environ, OMP_NUM_THREADS=threads), ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(execute, todo))  # the kernels inherit the thread count: no oversubscribed cores
+    rows = [{"run": name, **{a: params[a] for a in grid},
+             **flatten(json.loads((out / f"{name}.json").read_text())["metrics"])} for name, params in runs]
     write_summary(rows, out, list(grid), metric)
     return rows
 
