@@ -3,14 +3,17 @@
     python -m pruning_utils.cli --data ../shared/data/cifar10_subset.npz --width 0.25 --out runs/prune.json
     torchrun --nproc_per_node 2 -m pruning_utils.cli --data embedded --width 0.125 --out runs/prune_ddp.json
 
-Trains (or loads) the baseline, prunes it with L1 warm-start branches and a linear alpha ramp, folds it, and
+Trains (or loads) the baseline, prunes it with the default recipe (:class:`~pruning_utils.experiments.Recipe`, the
+winner of notebook 08's ablation study; ``--ramp-epochs``, ``--final-epochs`` and ``--loss`` change it), folds it, and
 writes the metrics JSON and the folded network (``.plain.pt`` beside the JSON, loadable with
 :func:`pruning_utils.load_plain`). Under torchrun every rank trains on its share of each batch (DDP); only
-rank 0 writes files and prints.
+rank 0 writes files and prints. On a GPU, ``--channels-last --bf16 --compile`` speed both loops up
+(:class:`~pruning_utils.train.Speed`).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 import time
@@ -19,14 +22,13 @@ from pathlib import Path
 from . import distributed
 from .config import CHECKPOINT_DIR, resolve_path, seed_everything
 from .data import EMBEDDED, load_classification
-from .experiments import prune_and_fold
+from .experiments import Recipe, prune_and_fold
 from .folding import save_plain
 from .metrics import keep_ratio_for_fraction
 from .pretrained import vgg_baseline
-from .pruning import LOSSES, PruneConfig
+from .pruning import LOSSES
 from .records import write_record
-from .schedules import ramp
-from .train import evaluate
+from .train import Speed, evaluate
 
 
 def parser() -> argparse.ArgumentParser:
@@ -37,10 +39,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="global batch size, shared by the ranks")
     p.add_argument("--baseline-lr", type=float, default=0.05)
     p.add_argument("--param-fraction", type=float, default=0.35, help="parameters the folded model keeps")
-    p.add_argument("--ramp-epochs", type=int, default=2, help="epochs of the linear alpha ramp from 1 to 0")
+    p.add_argument("--ramp-epochs", type=int, default=Recipe().ramp_epochs, help="epochs of the alpha ramp from 1 to 0")
     p.add_argument("--final-epochs", type=int, default=2, help="epochs at alpha 0 afterwards")
     p.add_argument("--lr", type=float, default=0.01, help="peak one-cycle learning rate while pruning")
-    p.add_argument("--loss", default="ce", choices=[x for x in LOSSES if x != "reconstruction"])
+    p.add_argument("--loss", default=Recipe().loss, choices=[x for x in LOSSES if x != "reconstruction"])
+    p.add_argument("--channels-last", action="store_true", help="NHWC weights and batches (faster on GPUs)")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast of the forward and the loss")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model's forward")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="metrics JSON to write (the folded model goes beside it)")
     p.add_argument("--progress", action="store_true", help="progress bars (rank 0)")
@@ -51,6 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if not 0 < args.param_fraction < 1:
         parser().error(f"--param-fraction must be in (0, 1), got {args.param_fraction}")
+    recipe = dataclasses.replace(Recipe(), ramp_epochs=args.ramp_epochs, loss=args.loss)
+    epochs = args.ramp_epochs + args.final_epochs
+    try:
+        recipe.check(epochs)
+    except ValueError as err:
+        parser().error(str(err))
+    speed = Speed(args.channels_last, args.bf16, args.compile)
     device = distributed.setup()
     try:
         seed_everything(args.seed)
@@ -60,15 +72,17 @@ def main(argv: list[str] | None = None) -> int:
         world = distributed.world_size()
         baseline, _, _ = vgg_baseline(images, width=args.width, epochs=args.baseline_epochs, batch_size=args.batch_size,
                                       lr=args.baseline_lr, seed=args.seed, device=device, progress=args.progress,
+                                      speed=speed,
                                       checkpoint=CHECKPOINT_DIR / f"cli_vgg16_w{args.width:g}_e{args.baseline_epochs}"
                                                                   f"_b{args.batch_size}_s{args.seed}_ranks{world}.pt")
         keep_ratio = keep_ratio_for_fraction(baseline, args.param_fraction)
         start = time.perf_counter()
-        result = prune_and_fold(baseline, keep_ratio, loaders, ramp("linear", args.ramp_epochs, args.final_epochs),
-                                PruneConfig(lr=args.lr, loss=args.loss), task="classification",
-                                input_shape=tuple(images.x_train.shape[1:]), init="l1", teacher=baseline,
-                                progress=args.progress)
+        result = prune_and_fold(baseline, keep_ratio, loaders, recipe.schedule_for(epochs),
+                                recipe.prune_config(args.lr, 5e-4), task="classification",
+                                input_shape=tuple(images.x_train.shape[1:]), init=recipe.init, teacher=baseline,
+                                progress=args.progress, speed=speed)
         metrics = {"world_size": world, "device": str(device), "keep_ratio": keep_ratio,
+                   "recipe": dataclasses.asdict(recipe), "speed": dataclasses.asdict(speed),
                    "baseline_val_acc": evaluate(baseline, loaders[1], "classification")["acc"],
                    "prune_seconds": time.perf_counter() - start, **result.metrics}
         out = resolve_path(args.out)

@@ -4,7 +4,8 @@
 atomically to a JSON file as soon as it is done, so an interrupted comparison resumes with the arms
 left. The methods (:data:`METHODS`):
 
-* ``branches``: the parallel-branch method, L1 warm start, alpha ramped linearly, then alpha = 0;
+* ``branches``: the parallel-branch method with its default :class:`~pruning_utils.experiments.Recipe` (notebook
+  08's winner) or the one given;
 * ``torch_pruning_l1``: Torch-Pruning's L1 filter pruning to the same widths, then fine-tuning;
 * ``magnitude_finetune`` / ``magnitude_rewind``: iterative global magnitude pruning (unstructured) to the
   same number of non-zero parameters, retrained by fine-tuning or learning-rate rewinding;
@@ -18,17 +19,15 @@ import copy
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from . import baselines
-from .experiments import prune_and_fold
+from .experiments import Recipe, prune_and_fold
 from .metrics import count_macs, count_parameters, keep_ratio_for_fraction, pruned_and_folded
-from .pruning import PruneConfig
-from .schedules import ramp
 from .train import atomic_write, evaluate, fit
 
 METHODS = ("branches", "torch_pruning_l1", "magnitude_finetune", "magnitude_rewind", "autopruner",
@@ -45,8 +44,7 @@ class ComparisonConfig:
     lr: float = 0.01  # peak (one-cycle) learning rate after the baseline
     scratch_lr: float = 0.05  # peak learning rate from scratch (the baseline's)
     weight_decay: float = 5e-4
-    ramp_epochs: int = 2  # branches: epochs of the linear alpha ramp; the rest at alpha = 0
-    branch_loss: str = "ce"  # branches: "ce" or "ce+kd" (teacher: the baseline)
+    recipe: Recipe = field(default_factory=Recipe)  # branches: how the method runs (teacher: the baseline)
     magnitude_rate: float = 0.2  # magnitude pruning: fraction of the remaining weights zeroed per round
     autopruner_epochs: int = 3  # AutoPruner: search epochs; the rest of ``epochs`` fine-tunes
     autopruner_mu: float = 1.0
@@ -57,8 +55,7 @@ class ComparisonConfig:
         if self.epochs < 1 or self.scratch_epochs < 1:
             raise ValueError(f"epochs and scratch_epochs must be at least 1, got {self.epochs} and "
                              f"{self.scratch_epochs}")
-        if not 0 < self.ramp_epochs <= self.epochs:
-            raise ValueError(f"ramp_epochs must be in [1, epochs={self.epochs}], got {self.ramp_epochs}")
+        self.recipe.check(self.epochs)
         if not 0 < self.autopruner_epochs < self.epochs:
             raise ValueError(f"autopruner_epochs must leave fine-tuning epochs: in [1, {self.epochs - 1}], "
                              f"got {self.autopruner_epochs}")
@@ -89,11 +86,10 @@ def _fine_tune(model: nn.Module, loaders, epochs: int, lr: float, config: Compar
 
 
 def _branches(baseline, keep_ratio, target, loaders, input_shape, config, checkpoint_dir, found, seed, progress):
-    schedule = ramp("linear", config.ramp_epochs, config.epochs - config.ramp_epochs)
-    prune_config = PruneConfig(lr=config.lr, weight_decay=config.weight_decay, lr_schedule="onecycle",
-                               loss=config.branch_loss)
-    result = prune_and_fold(baseline, keep_ratio, loaders, schedule, prune_config, task="classification",
-                            input_shape=input_shape, init="l1", teacher=baseline,
+    recipe = config.recipe
+    result = prune_and_fold(baseline, keep_ratio, loaders, recipe.schedule_for(config.epochs),
+                            recipe.prune_config(config.lr, config.weight_decay), task="classification",
+                            input_shape=input_shape, init=recipe.init, teacher=baseline,
                             checkpoint_dir=checkpoint_dir / "branches" if checkpoint_dir else None, progress=progress)
     return result.folded, result.metrics["epochs"], {
         "fold_relative_max_difference": result.metrics["fold_relative_max_difference"]}

@@ -59,11 +59,22 @@ class ImageSplits:
         return {"train": len(self.y_train), "val": len(self.y_val), "test": len(self.y_test)}
 
     def loaders(self, batch_size: int, device: torch.device | str = "cpu", augment: bool = True,
-                seed: int = 0) -> tuple["BatchLoader", "BatchLoader", "BatchLoader"]:
-        """Train (shuffled, augmented), validation and test loaders normalised by the training statistics."""
+                seed: int = 0, train_size: int | None = None) -> tuple["BatchLoader", "BatchLoader", "BatchLoader"]:
+        """Train (shuffled, augmented), validation and test loaders normalised by the training statistics.
+
+        ``train_size``: train on that many training images drawn at random with ``seed`` (still normalised by the
+        statistics of all of them, as the baseline was), e.g. to fit an ablation study into a CPU's hours.
+        """
         stats = dict(mean=self.mean, std=self.std, device=device)
+        x_train, y_train = self.x_train, self.y_train
+        if train_size is not None:
+            if not 0 < train_size <= len(y_train):
+                raise ValueError(f"train_size must be between 1 and {len(y_train)} (the training images), "
+                                 f"got {train_size}")
+            chosen = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(seed))[:train_size]
+            x_train, y_train = x_train[chosen], y_train[chosen]
         return (
-            BatchLoader(self.x_train, self.y_train, batch_size, shuffle=True, augment=augment, seed=seed, **stats),
+            BatchLoader(x_train, y_train, batch_size, shuffle=True, augment=augment, seed=seed, **stats),
             BatchLoader(self.x_val, self.y_val, batch_size * 2, **stats),
             BatchLoader(self.x_test, self.y_test, batch_size * 2, **stats),
         )

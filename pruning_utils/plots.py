@@ -100,3 +100,39 @@ def plot_comparison(rows: list[dict], baseline: float | None = None, title: str 
     fig.tight_layout()
     save(fig, path)
     return fig
+
+
+def plot_ablations(summary: list[dict], rows: list[dict], baseline: float | None = None, title: str = "",
+                   path=None, curves=("reference", "seeds_recipe", "combined")):
+    """Left: validation accuracy of each arm (bar: mean over seeds; dots: the seeds; cross: with BatchNorm
+    re-estimated), coloured by factor. Right: validation accuracy per epoch of the ``curves`` arms (first seed)."""
+    factors = list(dict.fromkeys(s["factor"] for s in summary))
+    fig, (ax, ax_curve) = plt.subplots(1, 2, figsize=(15, 5), gridspec_kw={"width_ratios": [2, 1]})
+    for i, entry in enumerate(summary):
+        color = f"C{factors.index(entry['factor']) % 10}"
+        ax.bar(i, entry["mean"], color=color, alpha=0.6,
+               label=entry["factor"] if entry["factor"] not in [s["factor"] for s in summary[:i]] else None)
+        ax.plot([i] * len(entry["values"]), entry["values"], "o", color="k", ms=3)
+        if "bn_mean" in entry:
+            ax.plot(i, entry["bn_mean"], "x", color="k", ms=6)
+    low = min(min(s["values"]) for s in summary)
+    top = max([max(s["values"]) for s in summary] + [baseline or 0])
+    ax.set_ylim(low - 0.2 * (top - low + 1), top + 0.1 * (top - low + 1))
+    if baseline is not None:
+        ax.axhline(baseline, color="k", ls="--", lw=1, label="baseline")
+    ax.set_xticks(range(len(summary)), [s["arm"] for s in summary], rotation=45, ha="right", fontsize=8)
+    ax.set(ylabel="validation accuracy (%)", title="mean over seeds (dots: seeds, x: BatchNorm re-estimated)")
+    ax.legend(fontsize=7, ncol=2)
+    for i, arm in enumerate(a for a in curves if any(r["arm"] == a and "curve" in r for r in rows)):
+        first = min((r for r in rows if r["arm"] == arm), key=lambda r: r["seed"])
+        ax_curve.plot([c["epoch"] for c in first["curve"]], [c["val_acc"] for c in first["curve"]], marker="o", ms=3,
+                      color=f"C{i}", label=arm)
+    if baseline is not None:
+        ax_curve.axhline(baseline, color="k", ls="--", lw=1, label="baseline")
+    ax_curve.set(xlabel="epoch after the baseline", ylabel="validation accuracy (%)", title="first seed")
+    ax_curve.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    save(fig, path)
+    return fig

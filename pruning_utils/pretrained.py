@@ -10,7 +10,7 @@ from torch import nn
 from .config import CHECKPOINT_DIR, get_device, seed_everything
 from .data import ImageSplits, PhotoSplits
 from .models import RGBAutoencoder, vgg16
-from .train import fit
+from .train import PLAIN, Speed, fit
 
 
 def _slug(text: str) -> str:
@@ -25,11 +25,12 @@ def baseline_checkpoint_path(kind: str, source: str, width: float, epochs: int, 
 
 def vgg_baseline(data: ImageSplits, *, width: float, epochs: int, batch_size: int = 128, lr: float = 0.05,
                  weight_decay: float = 5e-4, classifier: str = "linear", seed: int = 0, device=None,
-                 progress: bool = True, checkpoint: str | Path | None = None) -> tuple[nn.Module, list[dict], Path]:
+                 progress: bool = True, checkpoint: str | Path | None = None,
+                 speed: Speed = PLAIN) -> tuple[nn.Module, list[dict], Path]:
     """Train VGG16-BN on ``data`` (SGD with Nesterov momentum, one-cycle schedule), or load it when trained.
 
-    The checkpoint is resumed if a run was interrupted. Returns the model (on ``device``), the
-    per-epoch history and the checkpoint path.
+    The checkpoint is resumed if a run was interrupted. ``speed``: see :class:`~pruning_utils.train.Speed`.
+    Returns the model (on ``device``), the per-epoch history and the checkpoint path.
     """
     device = get_device(device)
     path = Path(checkpoint) if checkpoint else baseline_checkpoint_path(
@@ -39,7 +40,7 @@ def vgg_baseline(data: ImageSplits, *, width: float, epochs: int, batch_size: in
     train, val, _ = data.loaders(batch_size, device=device, seed=seed)
     meta = {"model": "vgg16", "width": width, "classifier": classifier, "num_classes": data.num_classes}
     history = fit(model, train, val, task="classification", epochs=epochs, lr=lr, weight_decay=weight_decay,
-                  scheduler="onecycle", checkpoint=path, meta=meta, progress=progress)
+                  scheduler="onecycle", checkpoint=path, meta=meta, progress=progress, speed=speed)
     return model, history, path
 
 

@@ -1,6 +1,7 @@
 """The pruning loop: train a branched model through an alpha schedule down to alpha = 0.
 
-Stages train at a fixed alpha (or with alpha ramped every step). The learning rate resets at every
+Stages train at a fixed alpha (or with alpha ramped every step, for all units at once or staggered, the
+deepest or the first unit first: ``PruneConfig.alpha_order``). The learning rate resets at every
 alpha drop (``lr_schedule="plateau"`` or ``"constant"``) or follows one schedule over the whole run
 (``"onecycle"``, ``"cosine"``). After the last stage, optional restarts at alpha = 0 with the
 learning rate x10 each time keep the best weights; with ``restart_patience`` a restart runs only
@@ -26,13 +27,14 @@ from .branches import branched_units, freeze_original, get_alpha, set_alpha
 from .config import show_progress
 from .distributed import shard, unwrap, wrap
 from .schedules import Stage, total_epochs
-from .train import (NonFiniteLossError, check_task, evaluate, load_checkpoint, load_model_state, make_optimizer,
-                    make_scheduler, metric_name, save_checkpoint, steps_per_batch, train_epoch, _rng_state,
-                    _set_rng_state)
+from .train import (PLAIN, NonFiniteLossError, Speed, check_task, evaluate, load_checkpoint, load_model_state,
+                    make_optimizer, make_scheduler, metric_name, save_checkpoint, steps_per_batch, train_epoch,
+                    _rng_state, _set_rng_state)
 
 LOSSES = ("ce", "logits_mse", "kd", "ce+kd", "reconstruction")
 TEACHER_LOSSES = ("logits_mse", "kd", "ce+kd")
 LR_SCHEDULES = ("plateau", "constant", "onecycle", "cosine")
+ALPHA_ORDERS = ("together", "deep_first", "shallow_first")
 STAGE_FILE = re.compile(r"stage_(\d+)\.pt$")
 
 
@@ -59,6 +61,8 @@ class PruneConfig:
     restart_patience: int | None = None  # restart only when stuck: no better val metric at alpha 0 in this many epochs
     keep_best: bool = False  # end with the best alpha = 0 weights by validation metric (implied by restarts)
     bn_recalibration_batches: int = 0  # re-estimate BatchNorm statistics at the end on this many batches
+    alpha_order: str = "together"  # ramps: all units at once, or staggered from the deepest or the first unit
+    alpha_stagger: float = 0.5  # staggered ramps: fraction of the ramp between the first and the last unit's start
 
     def validate(self, task: str) -> None:
         check_task(task)
@@ -72,6 +76,10 @@ class PruneConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.restarts < 0 or self.bn_recalibration_batches < 0:
             raise ValueError("restarts and bn_recalibration_batches must be non-negative")
+        if self.alpha_order not in ALPHA_ORDERS:
+            raise ValueError(f"alpha_order must be one of {ALPHA_ORDERS}, got {self.alpha_order!r}")
+        if not 0 <= self.alpha_stagger < 1:
+            raise ValueError(f"alpha_stagger must be in [0, 1), got {self.alpha_stagger}")
         if self.restart_patience is not None and self.restart_patience < 1:
             raise ValueError(f"restart_patience must be at least 1 or None, got {self.restart_patience}")
 
@@ -185,14 +193,16 @@ def _plan(schedule: list[Stage], config: PruneConfig) -> list[tuple[Stage, float
 # --------------------------------------------------------------------------------------------
 def prune(model: nn.Module, train_loader, val_loader, schedule: list[Stage], config: PruneConfig | None = None, *,
           task: str = "classification", teacher: nn.Module | None = None, checkpoint_dir: str | Path | None = None,
-          resume: bool | int = True, max_stages: int | None = None, progress: bool = True) -> list[dict]:
+          resume: bool | int = True, max_stages: int | None = None, progress: bool = True,
+          speed: Speed = PLAIN) -> list[dict]:
     """Train ``model`` (with branches attached) through ``schedule``; return the per-epoch history.
 
     ``teacher`` serves the distillation losses; ``None`` uses :func:`frozen_teacher` of the model
     as it is when pruning starts (saved in the stage checkpoints, so a resumed run has the same).
     ``checkpoint_dir``: a checkpoint ``stage_NN.pt`` after every stage. ``resume``: True resumes
     from the latest stage checkpoint there, an int from that stage's, False starts afresh.
-    ``max_stages`` stops after that many stages in this call (a later call resumes). Under ``torchrun``
+    ``max_stages`` stops after that many stages in this call (a later call resumes). ``speed``: memory format,
+    bf16 autocast and torch.compile of the loops (:class:`~pruning_utils.train.Speed`). Under ``torchrun``
     it trains with DistributedDataParallel (:mod:`pruning_utils.distributed`); alpha follows the same steps on
     every rank.
     """
@@ -237,7 +247,7 @@ def prune(model: nn.Module, train_loader, val_loader, schedule: list[Stage], con
             _set_rng_state(state["rng"])
             first = index + 1
 
-    net, shards = wrap(model), shard(train_loader)  # DDP when several processes run
+    net, shards = wrap(speed.prepare(model)), shard(train_loader)  # DDP when several processes run
     done, improving = 0, False
     for index in range(first, len(plan)):
         if max_stages is not None and done >= max_stages:
@@ -255,7 +265,7 @@ def prune(model: nn.Module, train_loader, val_loader, schedule: list[Stage], con
         else:
             stage_sched = sched
         history += _run_stage(net, stage, index, restart, opt, stage_sched, loss_fn, shards, val_loader,
-                              task, config, best, progress, len(history))
+                              task, config, best, progress, len(history), speed)
         done += 1
         if checkpoint_dir is not None:
             save_checkpoint(Path(checkpoint_dir) / f"stage_{index:02d}.pt", model=unwrap(model).state_dict(),
@@ -276,18 +286,32 @@ def prune(model: nn.Module, train_loader, val_loader, schedule: list[Stage], con
     return history
 
 
+def unit_alphas(stage: Stage, fraction: float, units: list[str], config: PruneConfig) -> float | dict[str, float]:
+    """Alpha after ``fraction`` of a ramp stage: one value for all ``units`` (in model order), or, with a staggered
+    ``config.alpha_order``, one per unit, each ramping over ``1 - alpha_stagger`` of the stage, the deepest (or the
+    first) unit starting at once and the last to start at ``alpha_stagger``."""
+    if config.alpha_order == "together" or len(units) < 2:
+        return stage.alpha_at(fraction)
+    ordered = units[::-1] if config.alpha_order == "deep_first" else units
+    window = 1 - config.alpha_stagger
+    return {name: stage.alpha_at((fraction - config.alpha_stagger * rank / (len(units) - 1)) / window)
+            for rank, name in enumerate(ordered)}
+
+
 def _run_stage(model, stage: Stage, index: int, restart: bool, opt, sched, loss_fn, train_loader, val_loader,
-               task: str, config: PruneConfig, best: dict, progress: bool, epochs_before: int) -> list[dict]:
+               task: str, config: PruneConfig, best: dict, progress: bool, epochs_before: int,
+               speed: Speed = PLAIN) -> list[dict]:
     """Train one stage; update ``best`` (the best alpha = 0 weights) in place; return its history."""
     metric = f"val_{metric_name(task)}"
     steps = stage.epochs * len(train_loader)
     step = 0
+    units = list(branched_units(model))
     set_alpha(model, stage.start)
 
     def move_alpha():
         nonlocal step
         if stage.shape != "constant":
-            set_alpha(model, stage.alpha_at(step / steps))
+            set_alpha(model, unit_alphas(stage, step / steps, units, config))
         step += 1
 
     records: list[dict] = []
@@ -300,7 +324,8 @@ def _run_stage(model, stage: Stage, index: int, restart: bool, opt, sched, loss_
         start = time.perf_counter()
         try:
             train = train_epoch(model, train_loader, opt, loss_fn, sched if steps_per_batch(sched) else None,
-                                before_step=move_alpha, progress=progress, description=f"epoch {epochs_before + len(records) + 1}")
+                                before_step=move_alpha, progress=progress, speed=speed,
+                                description=f"epoch {epochs_before + len(records) + 1}")
         except NonFiniteLossError as err:
             warnings.warn(f"{err}; stage {index} stopped and rolled back to its best weights "
                           f"(val loss {stage_best['loss']:.4g}). Lower the learning rate to avoid this.")
@@ -310,7 +335,7 @@ def _run_stage(model, stage: Stage, index: int, restart: bool, opt, sched, loss_
             break
         if stage.shape != "constant" and step >= steps:
             set_alpha(model, stage.end)
-        val = evaluate(model, val_loader, task)
+        val = evaluate(model, val_loader, task, speed)
         if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
             sched.step(val["loss"])
         alpha = get_alpha(model)

@@ -6,14 +6,15 @@ The grid file names fixed parameters and the axes of the grid::
       PROFILE: quick
       EPOCHS: 4
     grid:                       # every combination of these values is one run
-      RAMP_EPOCHS: [1, 2]
-      BRANCH_LOSS: [ce, ce+kd]
+      PRUNE_LR: [0.01, 0.02]
+      SEEDS: [[0], [1]]
 
 Every run writes its executed notebook and the notebook's own metrics JSON (its ``OUTPUT_DIR`` and ``RUN_NAME``
 parameters are set by the sweep) into the sweep's folder; runs whose JSON exists are skipped, so a sweep
 resumes. At the end ``summary.csv`` holds one row per run (its grid values and every scalar metric) and
 ``summary.png`` plots the chosen metric per run. Unknown parameter names are an error before anything runs.
 Several runs go at once with ``--jobs``; each kernel then gets an equal share of the CPU threads.
+``sweeps/08_ablations_cifar10.yaml`` splits notebook 08's ablation study into one run per (seed, arm).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import csv
 import itertools
 import json
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from unittest.mock import patch
@@ -107,15 +109,24 @@ def run_sweep(notebook: str | Path, grid_file: str | Path, out: str | Path | Non
     todo = [(name, params) for name, params in runs if not (out / f"{name}.json").is_file()]
     threads = str(max(1, (os.cpu_count() or 1) // min(jobs, max(1, len(todo)))))
 
-    def execute(run):
+    def execute(run) -> str | None:
+        """Run one notebook; return the run's name if it failed (the other runs go on)."""
         name, params = run
-        run_notebook(notebook, out / f"{name}.ipynb", {**params, "OUTPUT_DIR": str(out), "RUN_NAME": name,
-                                                       "PROGRESS": False})
+        try:
+            run_notebook(notebook, out / f"{name}.ipynb", {**params, "OUTPUT_DIR": str(out), "RUN_NAME": name,
+                                                           "PROGRESS": False})
+        except Exception as err:  # noqa: BLE001 - any failure of one run is reported once all have run
+            print(f"failed: {name}: {type(err).__name__}: {str(err).strip().splitlines()[-1:]}", flush=True)
+            return name
         print(f"done: {name}", flush=True)
+        return None
 
     print(f"{len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to run with {jobs} at once in {out}")
     with patch.dict(os.environ, OMP_NUM_THREADS=threads), ThreadPoolExecutor(max_workers=jobs) as pool:
-        list(pool.map(execute, todo))  # the kernels inherit the thread count: no oversubscribed cores
+        failed = [name for name in pool.map(execute, todo) if name]  # the kernels inherit the thread count
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(todo)} runs failed: {failed}; their executed notebooks in {out} "
+                           f"show the error; rerun the sweep to retry them (finished runs are skipped)")
     rows = [{"run": name, **{a: params[a] for a in grid},
              **flatten(json.loads((out / f"{name}.json").read_text())["metrics"])} for name, params in runs]
     write_summary(rows, out, list(grid), metric)
@@ -160,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = run_sweep(args.notebook, args.grid, args.out, args.jobs, args.metric)
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
+    except RuntimeError as err:
+        print(err, file=sys.stderr)
+        return 1
     print(f"{len(rows)} runs summarised")
     return 0
 

@@ -1,10 +1,12 @@
 """Training and evaluation for classification and reconstruction, with atomic, resumable checkpoints."""
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -42,15 +44,50 @@ def psnr(mse: float) -> float:
     return 10 * math.log10(1.0 / max(mse, 1e-12))
 
 
+@dataclass(frozen=True)
+class Speed:
+    """How the loops use the hardware; none changes what is computed, bf16 only its precision.
+
+    ``channels_last``: the model's weights and every 4-D batch in NHWC order (faster convolutions on GPUs and on
+    many CPUs); ``bf16``: the forward and the loss under bfloat16 autocast (GPUs; CPUs with AVX512-BF16 or AMX);
+    ``compile``: ``torch.compile`` of the model's forward in place (state_dict keys unchanged).
+    """
+
+    channels_last: bool = False
+    bf16: bool = False
+    compile: bool = False
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Apply the memory format and compilation to ``model`` in place; return it."""
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if self.compile:
+            model.compile()
+        return model
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+    def autocast(self, x: torch.Tensor):
+        """bfloat16 autocast on ``x``'s device when ``bf16`` is set, else a context that does nothing."""
+        return torch.autocast(x.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+
+
+PLAIN = Speed()
+
+
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: Iterable, task: str) -> dict[str, float]:
+def evaluate(model: nn.Module, loader: Iterable, task: str, speed: Speed = PLAIN) -> dict[str, float]:
     """Mean loss and the task metric over ``loader`` in eval mode (the model's mode is restored)."""
     check_task(task)
     was_training = model.training
     model.eval()
     total_loss, correct, count = 0.0, 0, 0
     for x, y in loader:
-        out = model(x)
+        x = speed.inputs(x)
+        with speed.autocast(x):
+            out = model(x)
+        out = out.float()
         n = len(x)
         total_loss += task_loss(task, out, y).item() * n
         if task == "classification":
@@ -107,11 +144,12 @@ class NonFiniteLossError(FloatingPointError):
 def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                 loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
                 scheduler=None, before_step: Callable[[], None] | None = None, progress: bool = True,
-                description: str = "train") -> dict[str, float]:
+                description: str = "train", speed: Speed = PLAIN) -> dict[str, float]:
     """One pass over ``loader``. ``loss_fn(model, x, y)`` returns (loss, output).
 
-    ``before_step`` runs before every batch (the pruning loop moves alpha there). Raises
-    NonFiniteLossError on a NaN or infinite loss, before the optimiser applies it.
+    ``before_step`` runs before every batch (the pruning loop moves alpha there). ``speed``: memory format and
+    autocast of the forward and loss. Raises NonFiniteLossError on a NaN or infinite loss, before the optimiser
+    applies it.
     """
     model.train()
     total, count = 0.0, 0
@@ -119,7 +157,9 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
     for x, y in bar:
         if before_step is not None:
             before_step()
-        loss, _ = loss_fn(model, x, y)
+        x = speed.inputs(x)
+        with speed.autocast(x):
+            loss, _ = loss_fn(model, x, y)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"{description}: the loss became {loss.item()} after {count} samples")
         optimizer.zero_grad(set_to_none=True)
@@ -204,13 +244,13 @@ def _set_rng_state(state: dict) -> None:
 def fit(model: nn.Module, train_loader, val_loader, *, task: str, epochs: int, lr: float,
         optimizer: str = "sgd", momentum: float = 0.9, weight_decay: float = 5e-4, scheduler: str = "onecycle",
         checkpoint: str | Path | None = None, meta: dict | None = None, progress: bool = True,
-        plateau_patience: int = 3) -> list[dict]:
+        plateau_patience: int = 3, speed: Speed = PLAIN) -> list[dict]:
     """Train ``model`` for ``epochs`` epochs; return the per-epoch history.
 
     With ``checkpoint`` set, the full state (model, optimiser, scheduler, data order, RNG, history)
     is written atomically after every epoch, and an existing checkpoint there is resumed, so an
     interrupted run continues the same history. ``meta`` is stored beside it (e.g. the model's
-    settings) so a mismatch can be explained. Under ``torchrun`` (see :mod:`pruning_utils.distributed`) it
+    settings) so a mismatch can be explained. ``speed`` (:class:`Speed`) prepares the model and runs the loops. Under ``torchrun`` (see :mod:`pruning_utils.distributed`) it
     trains with DistributedDataParallel, each rank on its share of every batch.
     """
     check_task(task)
@@ -231,12 +271,13 @@ def fit(model: nn.Module, train_loader, val_loader, *, task: str, epochs: int, l
         history = list(state["history"])
 
     loss_fn = supervised_loss(task)
-    net, shards = wrap(model), shard(train_loader)  # DDP when several processes run
+    net, shards = wrap(speed.prepare(model)), shard(train_loader)  # DDP when several processes run
     bar = tqdm(range(len(history), epochs), desc="epochs", disable=not show_progress(progress))
     for epoch in bar:
         start = time.perf_counter()
-        train = train_epoch(net, shards, opt, loss_fn, sched, progress=progress, description=f"epoch {epoch + 1}")
-        val = evaluate(model, val_loader, task)
+        train = train_epoch(net, shards, opt, loss_fn, sched, progress=progress, description=f"epoch {epoch + 1}",
+                            speed=speed)
+        val = evaluate(model, val_loader, task, speed)
         if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
             sched.step(val["loss"])
         record = {"epoch": epoch + 1, "train_loss": train["loss"], **{f"val_{k}": v for k, v in val.items()},

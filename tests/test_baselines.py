@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from pruning_utils import baselines, comparison, data, metrics, models
+from pruning_utils.experiments import Recipe
 from pruning_utils.train import evaluate
 
 from conftest import tiny_batch
@@ -134,7 +135,8 @@ def test_autopruner_search_moves_scores_towards_the_ratio_and_selection_meets_th
 def test_compare_runs_every_arm_once_and_resumes(digits, tmp_path, monkeypatch):
     loaders, shape = digits
     model = small_vgg()
-    protocol = comparison.ComparisonConfig(epochs=2, scratch_epochs=1, ramp_epochs=1, autopruner_epochs=1)
+    protocol = comparison.ComparisonConfig(epochs=2, scratch_epochs=1, recipe=Recipe(ramp_epochs=1),
+                                           autopruner_epochs=1)
     rows = comparison.compare(model, loaders, shape, [0.35], ["scratch", "autopruner_scratch", "autopruner",
                                                               "torch_pruning_l1"], protocol,
                               results_dir=tmp_path, progress=False)
@@ -173,8 +175,11 @@ def test_compare_rejects_bad_input(digits, tmp_path):
     with pytest.raises(ValueError, match="fractions"):
         comparison.compare(model, loaders, shape, [1.5], ["scratch"], results_dir=tmp_path)
     with pytest.raises(ValueError, match="autopruner_epochs"):
-        comparison.compare(model, loaders, shape, [0.35], ["scratch"], comparison.ComparisonConfig(epochs=2,
-                           autopruner_epochs=2), results_dir=tmp_path)
+        comparison.compare(model, loaders, shape, [0.35], ["scratch"], comparison.ComparisonConfig(epochs=3,
+                           autopruner_epochs=3), results_dir=tmp_path)
+    with pytest.raises(ValueError, match="ramp_epochs"):  # the branches' recipe does not fit the epochs
+        comparison.compare(model, loaders, shape, [0.35], ["branches"], comparison.ComparisonConfig(
+                           epochs=3, recipe=Recipe(ramp_epochs=3)), results_dir=tmp_path)
 
 
 def test_gaps_name_the_best_other_method():

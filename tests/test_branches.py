@@ -175,3 +175,17 @@ def test_freeze_original_keeps_pretrained_weights_fixed():
     assert not any(p.requires_grad for p in unit.original.parameters())
     pu.freeze_original(model, False)
     assert all(p.requires_grad for p in unit.original.parameters())
+
+
+def test_compiled_forward_keeps_one_graph_per_path_while_alpha_moves():
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    model = pu.attach_branches(Chain(), 0.5).eval()
+    counter = CompileCounter()
+    compiled = torch.compile(model, backend=counter)
+    x = torch.randn(2, 3, 8, 8)
+    for alpha in (1.0, 0.9, 0.7, 0.55, 0.3, 0.1, 0.0, 0.2):
+        pu.set_alpha(model, alpha)
+        assert torch.allclose(compiled(x), model(x), atol=1e-6)
+    assert counter.frame_count <= 3  # alpha 1, alpha 0 and all the alphas between: no recompilation per value

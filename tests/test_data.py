@@ -110,3 +110,15 @@ def test_shared_cifar_subset_follows_the_reference_protocol(shared_cifar):
     splits = data.load_classification(shared_cifar)
     assert splits.sizes() == {"train": 25000, "val": 5000, "test": 5000}
     assert splits.y_val[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
+
+
+def test_train_subset_is_seeded_and_keeps_the_full_normalisation():
+    images = data.load_classification("embedded")
+    full, val, _ = images.loaders(32)
+    a, _, _ = images.loaders(32, seed=1, train_size=100)
+    b, _, _ = images.loaders(32, seed=1, train_size=100)
+    c, _, _ = images.loaders(32, seed=2, train_size=100)
+    assert len(a.images) == 100 and torch.equal(a.images, b.images) and not torch.equal(a.images, c.images)
+    assert torch.equal(a.mean, full.mean) and torch.equal(a.std, full.std) and len(val.images) == len(images.y_val)
+    with pytest.raises(ValueError, match="train_size"):
+        images.loaders(32, train_size=len(images.y_train) + 1)

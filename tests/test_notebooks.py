@@ -10,17 +10,21 @@ from pruning_utils import notebooks
 TINY = {
     "01_baseline_training.ipynb": {"VGG_WIDTH": 0.0625, "VGG_EPOCHS": 1, "AE_WIDTH": 0.125, "AE_EPOCHS": 1,
                                    "CROPS_PER_PHOTO": 2},
-    "02_vgg16_pruning.ipynb": {"VGG_WIDTH": 0.0625, "BASELINE_EPOCHS": 1, "EPOCHS_PER_STAGE": 1, "DELTA": 0.5,
+    "02_vgg16_pruning.ipynb": {"VGG_WIDTH": 0.0625, "BASELINE_EPOCHS": 1, "RAMP_EPOCHS": 1, "FINAL_EPOCHS": 1,
                                "RESUME": False},
-    "03_encoder_pruning.ipynb": {"AE_WIDTH": 0.0625, "AE_EPOCHS": 1, "CROPS_PER_PHOTO": 2, "EPOCHS_PER_STAGE": 1,
-                                 "DELTA": 0.5, "RESUME": False, "INTERACTIVE": False},
-    "04_decoder_pruning.ipynb": {"AE_WIDTH": 0.0625, "AE_EPOCHS": 1, "CROPS_PER_PHOTO": 2, "EPOCHS_PER_STAGE": 1,
-                                 "DELTA": 0.5, "RESUME": False},
+    "03_encoder_pruning.ipynb": {"AE_WIDTH": 0.0625, "AE_EPOCHS": 1, "CROPS_PER_PHOTO": 2, "RAMP_EPOCHS": 1,
+                                 "FINAL_EPOCHS": 1, "RESUME": False, "INTERACTIVE": False},
+    "04_decoder_pruning.ipynb": {"AE_WIDTH": 0.0625, "AE_EPOCHS": 1, "CROPS_PER_PHOTO": 2, "RAMP_EPOCHS": 1,
+                                 "FINAL_EPOCHS": 1, "RESUME": False},
     "06_benchmarking.ipynb": {"WIDTH": 0.0625, "BATCH_SIZES": [1, 2], "MIN_RUN_TIME": 0.01, "THREADS": 1},
     "05_weight_folding.ipynb": {"SIZE_VGG_WIDTH": 0.25, "SIZE_AE_WIDTH": 0.25, "VGG_WIDTH": 0.0625, "AE_WIDTH": 0.0625,
                                 "PRUNE_EPOCHS": 1},
-    "07_comparison.ipynb": {"VGG_WIDTH": 0.0625, "BASELINE_EPOCHS": 1, "EPOCHS": 2, "RAMP_EPOCHS": 1,
-                            "FRACTIONS": [0.35], "SPEED_BATCH_SIZES": [1], "SPEED_MIN_RUN_TIME": 0.01, "RESUME": False},
+    "07_comparison.ipynb": {"VGG_WIDTH": 0.0625, "BASELINE_EPOCHS": 1, "EPOCHS": 2,
+                            "BRANCH_RECIPE": {"ramp_epochs": 1}, "FRACTIONS": [0.35], "SPEED_BATCH_SIZES": [1],
+                            "SPEED_MIN_RUN_TIME": 0.01, "RESUME": False},
+    "08_method_ablations.ipynb": {"VGG_WIDTH": 0.0625, "BASELINE_EPOCHS": 1, "EPOCHS": 3, "TRAIN_SIZE": 256,
+                                  "ARMS": ["reference", "ce_kd", "deep_first", "torch_pruning_l1"], "SEEDS": [0, 1],
+                                  "MIN_GAIN": -100.0, "RESUME": False},
 }
 
 
@@ -82,7 +86,18 @@ def check_07(metrics, parameters):
     assert zeros["magnitude (zeros)"]["macs"] > zeros["filter-pruned"]["macs"]
 
 
-CHECKS = {"07_comparison.ipynb": check_07, "06_benchmarking.ipynb": check_06, "01_baseline_training.ipynb": check_01, "02_vgg16_pruning.ipynb": check_02, "03_encoder_pruning.ipynb": check_03,
+def check_08(metrics, parameters):
+    arms = [s["arm"] for s in metrics["summary"]]
+    assert arms == parameters["ARMS"] + ["combined"]  # MIN_GAIN -100: every change joins the combination
+    assert metrics["combined"] == {"loss": "ce+kd", "alpha_order": "deep_first", "bn_recalibration_batches": 50}
+    assert all(s["seeds"] == 2 and s["spread"] >= 0 for s in metrics["summary"])
+    assert all(r["epochs"] == 3 for r in metrics["rows"]) and len(metrics["rows"]) == 2 * len(arms)
+    best = max((s for s in metrics["summary"] if s["arm"] != "torch_pruning_l1"), key=lambda s: s["mean"])
+    assert metrics["goal"]["best_arm"] == best["arm"]
+    assert metrics["goal"]["over_rival_val"] == pytest.approx(best["mean"] - metrics["summary"][3]["mean"])
+
+
+CHECKS = {"08_method_ablations.ipynb": check_08, "07_comparison.ipynb": check_07, "06_benchmarking.ipynb": check_06, "01_baseline_training.ipynb": check_01, "02_vgg16_pruning.ipynb": check_02, "03_encoder_pruning.ipynb": check_03,
           "04_decoder_pruning.ipynb": check_04, "05_weight_folding.ipynb": check_05}
 
 

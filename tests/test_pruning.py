@@ -174,3 +174,25 @@ def test_a_finished_run_is_loaded_and_folded_from_its_checkpoints(tmp_path):
         experiments.load_pruned(baseline, 0.25, tmp_path, loaders, task="classification", input_shape=(3, 32, 32))
     with pytest.raises(FileNotFoundError, match="no stage checkpoints"):
         experiments.load_pruned(baseline, 0.5, tmp_path / "none", loaders, task="classification", input_shape=(3, 32, 32))
+
+
+def test_staggered_ramp_moves_the_deepest_unit_first_and_ends_all_at_zero():
+    stage = schedules.Stage(1.0, 0.0, 1, "linear")
+    units = ["first", "middle", "last"]
+    deep = pu.PruneConfig(alpha_order="deep_first", alpha_stagger=0.5)
+    early = pruning.unit_alphas(stage, 0.25, units, deep)
+    assert early["last"] == pytest.approx(0.5) and early["middle"] == 1.0 and early["first"] == 1.0
+    assert pruning.unit_alphas(stage, 0.75, units, deep) == pytest.approx({"last": 0.0, "middle": 0.5, "first": 1.0})
+    assert set(pruning.unit_alphas(stage, 1.0, units, deep).values()) == {0.0}
+    shallow = pruning.unit_alphas(stage, 0.25, units, pu.PruneConfig(alpha_order="shallow_first"))
+    assert shallow["first"] == pytest.approx(0.5) and shallow["last"] == 1.0
+    assert pruning.unit_alphas(stage, 0.25, units, pu.PruneConfig()) == pytest.approx(0.75)
+
+    model = _branched()
+    train, val = _loaders()
+    history = pu.prune(model, train, val, schedules.ramp("linear", 1, 1), deep, progress=False)
+    assert [h["alpha"] for h in history] == [0.0, 0.0] and pu.get_alpha(model) == 0.0
+    with pytest.raises(ValueError, match="alpha_order"):
+        pu.PruneConfig(alpha_order="random").validate("classification")
+    with pytest.raises(ValueError, match="alpha_stagger"):
+        pu.PruneConfig(alpha_stagger=1.0).validate("classification")

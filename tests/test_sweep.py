@@ -74,3 +74,24 @@ def test_command_line_reports_errors(toy, tmp_path, capsys):
 
 def test_flatten_keeps_nested_scalars():
     assert sweep.flatten({"a": {"b": 1, "c": [1, 2], "d": {"e": 2.5}}, "f": "text", "g": True}) == {"a.b": 1, "a.d.e": 2.5}
+
+
+def test_the_committed_ablation_grid_fits_notebook_08():
+    from pruning_utils import ablations
+    from pruning_utils.config import REPO_ROOT
+
+    fixed, grid = sweep.read_grid(REPO_ROOT / "sweeps" / "08_ablations_cifar10.yaml")
+    sweep.check_names(REPO_ROOT / "notebooks" / "08_method_ablations.ipynb", fixed, grid)
+    arms = [arm for (arm,) in grid["ARMS"]]
+    assert set(arms) == set(ablations.ARMS) | {ablations.RIVAL} and fixed["COMBINE"] is False
+
+
+def test_a_failing_run_does_not_stop_the_others(toy, tmp_path):
+    nb = nbformat.read(toy, as_version=4)
+    nb.cells[1].source = "assert SIZE != 2, 'size two breaks'\n" + nb.cells[1].source
+    nbformat.write(nb, toy)
+    grid = write_grid(tmp_path / "grid.yaml", "grid: {SIZE: [1, 2, 3]}\n")
+    out = tmp_path / "sweep"
+    with pytest.raises(RuntimeError, match=r"1 of 3 runs failed: \['SIZE=2'\]"):
+        sweep.run_sweep(toy, grid, out, jobs=1)
+    assert sorted(p.name for p in out.glob("*.json")) == ["SIZE=1.json", "SIZE=3.json"]

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -95,3 +97,23 @@ def test_bad_training_arguments():
         train.fit(model, tr, va, task="segmentation", epochs=1, lr=0.1)
     with pytest.raises(ValueError, match="optimizer"):
         train.fit(model, tr, va, task="classification", epochs=1, lr=0.1, optimizer="lbfgs")
+
+
+def test_speed_options_train_the_same_model():
+    def trained(speed):
+        seed_everything(0)
+        model = models.vgg16(width=0.0625)
+        train_loader, val_loader = _loaders(n=32)
+        history = train.fit(model, train_loader, val_loader, task="classification", epochs=1, lr=0.01,
+                            progress=False, speed=speed)
+        return model, history[0]
+
+    plain, plain_record = trained(train.Speed())
+    nhwc, nhwc_record = trained(train.Speed(channels_last=True))
+    assert next(nhwc.parameters()).is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(plain.parameters(), nhwc.parameters()):
+        assert torch.allclose(a, b.contiguous(), atol=1e-4)
+    assert nhwc_record["val_loss"] == pytest.approx(plain_record["val_loss"], rel=1e-3)
+    bf16, bf16_record = trained(train.Speed(bf16=True))  # bfloat16 autocast: lower precision, same training
+    assert next(bf16.parameters()).dtype == torch.float32 and math.isfinite(bf16_record["train_loss"])
+    assert bf16_record["train_loss"] == pytest.approx(plain_record["train_loss"], rel=0.05)
