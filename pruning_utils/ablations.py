@@ -144,7 +144,7 @@ def run_study(arms, seeds, baseline: nn.Module, make_loaders, input_shape, confi
             if resume and path.is_file() and json.loads(path.read_text())["changes"] == changes:
                 rows.append(json.loads(path.read_text()))
                 continue
-            twin = _same_recipe(arm, extra, results_dir, seed) if resume and arm not in ARMS else None
+            twin = _same_recipe(arm, extra, results_dir, seed) if resume and arm in (extra or {}) else None
             if twin:
                 row = {**json.loads((results_dir / f"{twin}_s{seed}.json").read_text()), "arm": arm,
                        "factor": "combined", "changes": changes, "same_as": twin}

@@ -74,6 +74,7 @@ def test_a_study_runs_resumes_and_refuses_unknown_arms(tmp_path):
         ablations.run_study(["ramp_4"], [0], **study)  # refused before anything trains
     assert not list(tmp_path.glob("*.json"))
     rows = ablations.run_study(["reference", ablations.RIVAL], [0, 1], **study)
+    assert rows[2]["factor"] == "structured rival" and "same_as" not in rows[2]  # never a copy of the reference
     assert [(r["arm"], r["seed"]) for r in rows] == [("reference", 0), ("reference", 1), (ablations.RIVAL, 0),
                                                    (ablations.RIVAL, 1)]
     reference = rows[0]
