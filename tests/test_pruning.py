@@ -182,7 +182,7 @@ def test_staggered_ramp_moves_the_deepest_unit_first_and_ends_all_at_zero():
     deep = pu.PruneConfig(alpha_order="deep_first", alpha_stagger=0.5)
     early = pruning.unit_alphas(stage, 0.25, units, deep)
     assert early["last"] == pytest.approx(0.5) and early["middle"] == 1.0 and early["first"] == 1.0
-    assert pruning.unit_alphas(stage, 0.75, units, deep) == pytest.approx({"last": 0.0, "middle": 0.5, "first": 1.0})
+    assert pruning.unit_alphas(stage, 0.75, units, deep) == pytest.approx({"last": 0.0, "middle": 0.0, "first": 0.5})
     assert set(pruning.unit_alphas(stage, 1.0, units, deep).values()) == {0.0}
     shallow = pruning.unit_alphas(stage, 0.25, units, pu.PruneConfig(alpha_order="shallow_first"))
     assert shallow["first"] == pytest.approx(0.5) and shallow["last"] == 1.0
