@@ -122,8 +122,12 @@ def run_sweep(notebook: str | Path, grid_file: str | Path, out: str | Path | Non
         return None
 
     print(f"{len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to run with {jobs} at once in {out}")
-    with patch.dict(os.environ, OMP_NUM_THREADS=threads), ThreadPoolExecutor(max_workers=jobs) as pool:
-        failed = [name for name in pool.map(execute, todo) if name]  # the kernels inherit the thread count
+    here = os.getcwd()
+    try:
+        with patch.dict(os.environ, OMP_NUM_THREADS=threads), ThreadPoolExecutor(max_workers=jobs) as pool:
+            failed = [name for name in pool.map(execute, todo) if name]  # the kernels inherit the thread count
+    finally:
+        os.chdir(here)  # papermill's per-run chdir is not thread-safe: runs at once can leave another directory
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(todo)} runs failed: {failed}; their executed notebooks in {out} "
                            f"show the error; rerun the sweep to retry them (finished runs are skipped)")

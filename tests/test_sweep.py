@@ -1,5 +1,6 @@
 import csv
 import json
+import os
 
 import nbformat
 import pytest
@@ -38,7 +39,9 @@ def write_grid(path, text):
 def test_sweep_runs_the_grid_summarises_and_resumes(toy, tmp_path, capsys):
     grid = write_grid(tmp_path / "grid.yaml", "fixed: {LABEL: abc}\ngrid: {SIZE: [1, 2, 3]}\n")
     out = tmp_path / "sweep"
+    here = os.getcwd()
     rows = sweep.run_sweep(toy, grid, out, jobs=2)
+    assert os.getcwd() == here  # two runs at once leave the working directory as it was
     assert [(r["SIZE"], r["run.val_acc"], r["label_length"]) for r in rows] == [(1, 10.0, 3), (2, 20.0, 3), (3, 30.0, 3)]
     assert sorted(p.name for p in out.glob("*.ipynb")) == ["SIZE=1.ipynb", "SIZE=2.ipynb", "SIZE=3.ipynb"]
     with open(out / "summary.csv") as fh:
