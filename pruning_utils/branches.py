@@ -152,8 +152,8 @@ def prunable_units(model: nn.Module) -> list[Unit]:
 class BranchedUnit(nn.Module):
     """``alpha * original(x) + (1 - alpha) * expand(branch(x))``.
 
-    ``alpha`` is a buffer (saved in state_dicts); a Python copy of it decides, without a device
-    sync, which paths run: at alpha = 1 only the original, at alpha = 0 only the branch.
+    ``alpha`` is a buffer (saved in state_dicts) that weighs the blend; a Python copy of it decides, without a
+    device sync, which paths run: at alpha = 1 only the original, at alpha = 0 only the branch.
     """
 
     def __init__(self, original: nn.Sequential, branch: nn.Sequential, expand: nn.Module):
@@ -191,7 +191,8 @@ class BranchedUnit(nn.Module):
             return self.original(x)
         if a == 0.0:
             return self.pruned(x)
-        return torch.lerp(self.pruned(x), self.original(x), a)
+        original = self.original(x)  # the blend weighs by the buffer: torch.compile keeps one graph for every alpha
+        return torch.lerp(self.pruned(x), original, self.alpha.to(original.dtype))
 
     def train(self, mode: bool = True) -> "BranchedUnit":
         super().train(mode)

@@ -46,9 +46,11 @@ def vgg_baseline(data: ImageSplits, *, width: float, epochs: int, batch_size: in
 
 def autoencoder_baseline(data: PhotoSplits, *, width: float, epochs: int, batch_size: int = 16,
                          crops_per_photo: int = 8, lr: float = 1e-3, bottleneck: int = 128, seed: int = 0,
-                         device=None, progress: bool = True,
-                         checkpoint: str | Path | None = None) -> tuple[nn.Module, list[dict], Path]:
-    """Train :class:`RGBAutoencoder` on photo crops (Adam, one-cycle schedule), or load it when trained."""
+                         device=None, progress: bool = True, checkpoint: str | Path | None = None,
+                         speed: Speed = PLAIN) -> tuple[nn.Module, list[dict], Path]:
+    """Train :class:`RGBAutoencoder` on photo crops (Adam, one-cycle schedule), or load it when trained.
+
+    ``speed``: see :class:`~pruning_utils.train.Speed`."""
     device = get_device(device)
     path = Path(checkpoint) if checkpoint else baseline_checkpoint_path(
         "autoencoder", data.source, width, epochs, seed, z=bottleneck, b=batch_size, n=crops_per_photo, lr=lr)
@@ -57,7 +59,8 @@ def autoencoder_baseline(data: PhotoSplits, *, width: float, epochs: int, batch_
     train, val, _ = data.loaders(batch_size, crops_per_photo, device=device, seed=seed)
     meta = {"model": "autoencoder", "width": width, "bottleneck": bottleneck}
     history = fit(model, train, val, task="reconstruction", epochs=epochs, lr=lr, optimizer="adam",
-                  weight_decay=0.0, scheduler="onecycle", checkpoint=path, meta=meta, progress=progress)
+                  weight_decay=0.0, scheduler="onecycle", checkpoint=path, meta=meta, progress=progress,
+                  speed=speed)
     return model, history, path
 
 

@@ -57,11 +57,21 @@ class Speed:
     bf16: bool = False
     compile: bool = False
 
+    @classmethod
+    def for_device(cls, device: torch.device | str, channels_last: bool | None = None, bf16: bool | None = None,
+                   compile: bool = False) -> "Speed":
+        """The options for ``device``; one left as None is on where it is the usual speed-up (CUDA), else off."""
+        cuda = torch.device(device).type == "cuda"
+        return cls(cuda if channels_last is None else channels_last, cuda if bf16 is None else bf16, compile)
+
     def prepare(self, model: nn.Module) -> nn.Module:
         """Apply the memory format and compilation to ``model`` in place; return it."""
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         if self.compile:
+            # compiled modules share one code object's cache: train and eval modes, alpha's three paths, the teacher
+            # and the partial last batch each add entries, more than dynamo's default limit of 8
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, COMPILED_GRAPHS_LIMIT)
             model.compile()
         return model
 
@@ -74,6 +84,7 @@ class Speed:
 
 
 PLAIN = Speed()
+COMPILED_GRAPHS_LIMIT = 64
 
 
 @torch.inference_mode()
@@ -82,20 +93,20 @@ def evaluate(model: nn.Module, loader: Iterable, task: str, speed: Speed = PLAIN
     check_task(task)
     was_training = model.training
     model.eval()
-    total_loss, correct, count = 0.0, 0, 0
+    total_loss, correct, count = 0.0, 0, 0  # sums stay on the device until the end: no stall per batch
     for x, y in loader:
         x = speed.inputs(x)
         with speed.autocast(x):
             out = model(x)
         out = out.float()
         n = len(x)
-        total_loss += task_loss(task, out, y).item() * n
+        total_loss = total_loss + task_loss(task, out, y) * n
         if task == "classification":
-            correct += (out.argmax(1) == y).sum().item()
+            correct = correct + (out.argmax(1) == y).sum()
         count += n
     model.train(was_training)
-    loss = total_loss / max(count, 1)
-    metric = 100.0 * correct / max(count, 1) if task == "classification" else psnr(loss)
+    loss = float(total_loss) / max(count, 1)
+    metric = 100.0 * float(correct) / max(count, 1) if task == "classification" else psnr(loss)
     return {"loss": loss, metric_name(task): metric}
 
 
@@ -144,33 +155,43 @@ class NonFiniteLossError(FloatingPointError):
 def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                 loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
                 scheduler=None, before_step: Callable[[], None] | None = None, progress: bool = True,
-                description: str = "train", speed: Speed = PLAIN) -> dict[str, float]:
+                description: str = "train", speed: Speed = PLAIN, check_every: int | None = None) -> dict[str, float]:
     """One pass over ``loader``. ``loss_fn(model, x, y)`` returns (loss, output).
 
     ``before_step`` runs before every batch (the pruning loop moves alpha there). ``speed``: memory format and
-    autocast of the forward and loss. Raises NonFiniteLossError on a NaN or infinite loss, before the optimiser
-    applies it.
+    autocast of the forward and loss. Raises NonFiniteLossError on a NaN or infinite loss, found by reading the
+    running loss every ``check_every`` batches and after the last. The default reads it after every batch on a CPU,
+    before the optimiser applies a bad loss, and every 50 on an accelerator, where each read stalls the device (a
+    bad loss may then have been applied; ``fit`` writes no checkpoint of that epoch, ``prune`` rolls the stage back).
     """
     model.train()
-    total, count = 0.0, 0
+    total, count = 0.0, 0  # the running sum stays on the device between reads
+    batches = len(loader) if hasattr(loader, "__len__") else None
     bar = tqdm(loader, desc=description, leave=False, disable=not show_progress(progress))
-    for x, y in bar:
+    for index, (x, y) in enumerate(bar, start=1):
         if before_step is not None:
             before_step()
         x = speed.inputs(x)
         with speed.autocast(x):
             loss, _ = loss_fn(model, x, y)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"{description}: the loss became {loss.item()} after {count} samples")
+        total = total + loss.detach().float() * len(x)
+        count += len(x)
+        every = check_every or (1 if x.device.type == "cpu" else 50)
+        if index % every == 0 or index == batches:
+            _check_finite(total, count, description)
+            bar.set_postfix(loss=f"{float(total) / count:.4f}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if steps_per_batch(scheduler):
             scheduler.step()
-        total += loss.item() * len(x)
-        count += len(x)
-        bar.set_postfix(loss=f"{total / count:.4f}")
-    return {"loss": total / max(count, 1)}
+    _check_finite(total, count, description)
+    return {"loss": float(total) / max(count, 1)}
+
+
+def _check_finite(total: torch.Tensor | float, count: int, description: str) -> None:
+    if not math.isfinite(float(total)):
+        raise NonFiniteLossError(f"{description}: the loss became {float(total)} within the first {count} samples")
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
     python -m pruning_utils.train_speed --width 0.25 --alpha 0.5 --batch-size 128 --repeats 5
 
 The model is VGG16-BN with branches attached at ``--keep-ratio`` and alpha fixed (0.5: both paths run, the most
-expensive phase of pruning; 0: the branch alone). Each option (:data:`OPTIONS`, a
+expensive phase of pruning; 0: the branch alone), or, with ``--moving-alpha``, a new alpha in (0, 1) before every
+training step, as in a ramp (where a compiled model must not compile again per value). Each option (:data:`OPTIONS`, a
 :class:`~pruning_utils.train.Speed`) gets its own copy of the model, prepared once and warmed up (torch.compile
 compiles there); then the options take turns, ``--repeats`` rounds of ``--steps`` SGD steps of the real training
 loop (:func:`~pruning_utils.train.train_epoch`) and ``--steps`` evaluation batches (:func:`~pruning_utils.train.
@@ -54,13 +55,21 @@ def _cross_entropy(model, x, y):
     return F.cross_entropy(out.float(), y), out
 
 
-def time_steps(model: nn.Module, batches: list, speed: Speed, device: torch.device) -> dict[str, float]:
+def alpha_mover(model: nn.Module, seed: int = 0):
+    """A ``before_step`` that gives ``model`` a new alpha drawn in [0.05, 0.95] at every call."""
+    generator = torch.Generator().manual_seed(seed)
+    return lambda: set_alpha(model, 0.05 + 0.9 * torch.rand((), generator=generator).item())
+
+
+def time_steps(model: nn.Module, batches: list, speed: Speed, device: torch.device,
+               moving_alpha: bool = False) -> dict[str, float]:
     """Images per second of one pass of training steps and one of evaluation over ``batches``."""
     opt = make_optimizer("sgd", model.parameters(), 0.01, 0.9, 5e-4)
     images = sum(len(x) for x, _ in batches)
+    before_step = alpha_mover(model) if moving_alpha else None
     _synchronize(device)
     start = time.perf_counter()
-    train_epoch(model, batches, opt, _cross_entropy, progress=False, speed=speed)
+    train_epoch(model, batches, opt, _cross_entropy, before_step=before_step, progress=False, speed=speed)
     _synchronize(device)
     middle = time.perf_counter()
     evaluate(model, batches, "classification", speed)
@@ -71,9 +80,9 @@ def time_steps(model: nn.Module, batches: list, speed: Speed, device: torch.devi
 
 def measure(options=tuple(OPTIONS), width: float = 0.25, keep_ratio: float = 0.59, alpha: float = 0.5,
             batch_size: int = 128, steps: int = 10, repeats: int = 5, device=None, threads: int | None = None,
-            warmup: int = 3) -> list[dict]:
+            warmup: int = 3, moving_alpha: bool = False) -> list[dict]:
     """One row per option: median, slowest and fastest round of training and evaluation images per second, and
-    their ratios to ``plain`` (which is always measured)."""
+    their ratios to ``plain`` (which is always measured). ``moving_alpha``: see the module's docstring."""
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise ValueError(f"unknown options {unknown}; choose from {list(OPTIONS)}")
@@ -90,11 +99,11 @@ def measure(options=tuple(OPTIONS), width: float = 0.25, keep_ratio: float = 0.5
     models = {}
     for name in names:
         models[name] = OPTIONS[name].prepare(copy.deepcopy(base))
-        time_steps(models[name], batches[:warmup], OPTIONS[name], device)  # warm-up (and compilation)
+        time_steps(models[name], batches[:warmup], OPTIONS[name], device, moving_alpha)  # warm-up, compilation
     rounds = {name: [] for name in names}
     for _ in range(repeats):
         for name in names:  # interleaved, so drifts of the machine touch every option alike
-            rounds[name].append(time_steps(models[name], batches, OPTIONS[name], device))
+            rounds[name].append(time_steps(models[name], batches, OPTIONS[name], device, moving_alpha))
     rows = []
     for name in names:
         row = {"option": name, **{k: v for k, v in vars(OPTIONS[name]).items()}}
@@ -115,6 +124,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=float, default=0.25, help="VGG16 channel multiplier (default 0.25)")
     p.add_argument("--keep-ratio", type=float, default=0.59, help="keep ratio of every unit (default 0.59)")
     p.add_argument("--alpha", type=float, default=0.5, help="fixed alpha (default 0.5: both paths run)")
+    p.add_argument("--moving-alpha", action="store_true", help="a new alpha in (0, 1) before every training step")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=10, help="training steps and evaluation batches per round")
     p.add_argument("--repeats", type=int, default=5, help="rounds per option; the median is reported")
@@ -129,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         rows = measure(args.options, args.width, args.keep_ratio, args.alpha, args.batch_size, args.steps,
-                       args.repeats, args.device, args.threads)
+                       args.repeats, args.device, args.threads, moving_alpha=args.moving_alpha)
     except ValueError as err:
         parser().error(str(err))
     print(format_table(rows, ["option", "train_images_per_s", "train_ratio", "eval_images_per_s", "eval_ratio"],

@@ -177,15 +177,24 @@ def test_freeze_original_keeps_pretrained_weights_fixed():
     assert all(p.requires_grad for p in unit.original.parameters())
 
 
-def test_compiled_forward_keeps_one_graph_per_path_while_alpha_moves():
-    from torch._dynamo.testing import CompileCounter
+def test_compiled_training_step_keeps_one_graph_per_path_while_alpha_moves():
+    from torch._dynamo.testing import CompileCounterWithBackend
 
     torch._dynamo.reset()
-    model = pu.attach_branches(Chain(), 0.5).eval()
-    counter = CompileCounter()
+    model = pu.attach_branches(Chain(), 0.5).train()
+    counter = CompileCounterWithBackend("aot_eager")  # with autograd, where a float alpha was specialised
     compiled = torch.compile(model, backend=counter)
     x = torch.randn(2, 3, 8, 8)
+    frames = {}
     for alpha in (1.0, 0.9, 0.7, 0.55, 0.3, 0.1, 0.0, 0.2):
         pu.set_alpha(model, alpha)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = compiled(x)
+        out.float().sum().backward()
+        frames[alpha] = counter.frame_count
+    assert frames[0.9] == frames[0.7] == frames[0.1] > frames[1.0]  # the alphas between share a graph
+    assert frames[0.0] == frames[0.2] > frames[0.1]  # the branch alone, then the shared graph again
+    model.eval()
+    pu.set_alpha(model, 0.4)
+    with torch.no_grad():
         assert torch.allclose(compiled(x), model(x), atol=1e-6)
-    assert counter.frame_count <= 3  # alpha 1, alpha 0 and all the alphas between: no recompilation per value

@@ -117,3 +117,37 @@ def test_speed_options_train_the_same_model():
     bf16, bf16_record = trained(train.Speed(bf16=True))  # bfloat16 autocast: lower precision, same training
     assert next(bf16.parameters()).dtype == torch.float32 and math.isfinite(bf16_record["train_loss"])
     assert bf16_record["train_loss"] == pytest.approx(plain_record["train_loss"], rel=0.05)
+
+
+def _nan_on_second_batch(calls):
+    def loss_fn(model, x, y):
+        calls.append(len(x))
+        out = model(x)
+        loss = nn.functional.cross_entropy(out, y)
+        return (loss * float("nan") if len(calls) == 2 else loss), out
+    return loss_fn
+
+
+def test_non_finite_loss_is_caught_before_the_step_on_cpu_and_at_the_next_read_otherwise():
+    batches = [(torch.randn(2, 4), torch.tensor([0, 1]))] * 6
+    model, calls = nn.Linear(4, 2), []
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(train.NonFiniteLossError, match="first 4 samples"):
+        train.train_epoch(model, batches, opt, _nan_on_second_batch(calls), progress=False)
+    assert len(calls) == 2 and all(torch.isfinite(p).all() for p in model.parameters())
+
+    calls.clear()  # reading every 4 batches, as on an accelerator: found at the fourth
+    with pytest.raises(train.NonFiniteLossError, match="first 8 samples"):
+        train.train_epoch(model, batches, opt, _nan_on_second_batch(calls), progress=False, check_every=4)
+    assert len(calls) == 4
+    calls.clear()  # and after the last batch, whatever the interval
+    model = nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(train.NonFiniteLossError, match="first 12 samples"):
+        train.train_epoch(model, batches, opt, _nan_on_second_batch(calls), progress=False, check_every=50)
+
+
+@pytest.mark.parametrize("device, expected", [("cpu", train.Speed()), ("cuda", train.Speed(True, True, False))])
+def test_speed_for_device_turns_the_usual_options_on_for_cuda_only(device, expected):
+    assert train.Speed.for_device(device) == expected
+    assert train.Speed.for_device(device, channels_last=False, bf16=True, compile=True) == train.Speed(False, True, True)

@@ -1,6 +1,7 @@
 import pytest
 
 from pruning_utils import train_speed
+from pruning_utils.branches import get_alpha
 
 
 def test_options_are_measured_against_the_plain_loop_in_the_same_run(tmp_path):
@@ -20,3 +21,16 @@ def test_command_line_writes_its_json_and_rejects_bad_settings(tmp_path, capsys)
     assert '"option": "plain"' in out.read_text() and "train_ratio" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         train_speed.main(["--steps", "0", "--out", str(out)])
+
+
+def test_moving_alpha_sets_a_new_alpha_between_the_paths_before_every_step():
+    model = train_speed.mixed_vgg(width=0.0625)
+    move, seen = train_speed.alpha_mover(model), set()
+    for _ in range(5):
+        move()
+        alpha = get_alpha(model)
+        assert 0.05 <= alpha <= 0.95
+        seen.add(alpha)
+    assert len(seen) == 5
+    rows = train_speed.measure(["plain"], width=0.0625, batch_size=4, steps=2, repeats=1, warmup=1, moving_alpha=True)
+    assert rows[0]["train_images_per_s"] > 0
