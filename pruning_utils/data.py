@@ -210,17 +210,21 @@ def _embedded_digits(seed: int) -> ImageSplits:
 # --------------------------------------------------------------------------------------------
 # Batching and augmentation on tensors
 # --------------------------------------------------------------------------------------------
-def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
-    """Random crop after reflect padding by ``pad`` and a random horizontal flip, for a whole batch."""
+def crop_flip_draws(count: int, pad: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random crop offsets (2, count) in [0, 2 * pad] and horizontal flips (count,) for :func:`random_crop_flip`."""
+    return torch.randint(0, 2 * pad + 1, (2, count), generator=generator), torch.rand(count, generator=generator) < 0.5
+
+
+def random_crop_flip(x: torch.Tensor, pad: int, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Crop every image of a batch at its ``offsets`` (row, column) after reflect padding by ``pad``, and flip
+    it horizontally where ``flips`` is set (see :func:`crop_flip_draws`; both on ``x``'s device)."""
     b, _, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad), mode="reflect") if pad else x
-    offsets = torch.randint(0, 2 * pad + 1, (2, b), generator=generator).to(x.device)
     rows = offsets[0, :, None] + torch.arange(h, device=x.device)
     cols = offsets[1, :, None] + torch.arange(w, device=x.device)
     batch = torch.arange(b, device=x.device)[:, None, None]
     out = padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-    flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)[:, None, None, None]
-    return torch.where(flip, out.flip(3), out).contiguous()
+    return torch.where(flips[:, None, None, None], out.flip(3), out).contiguous()
 
 
 class BatchLoader:
@@ -249,12 +253,16 @@ class BatchLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.images)
+        # the epoch's random draws go to the device at once: a copy per batch would wait for the device each time
         order = torch.randperm(n, generator=self.generator).to(self.device) if self.shuffle else None
+        if self.augment:
+            offsets, flips = (t.to(self.device) for t in crop_flip_draws(n, self.pad, self.generator))
         for start in range(0, n, self.batch_size):
-            index = slice(start, start + self.batch_size) if order is None else order[start:start + self.batch_size]
+            batch = slice(start, start + self.batch_size)
+            index = batch if order is None else order[batch]
             x = self.images[index].float().div_(255)
             if self.augment:
-                x = random_crop_flip(x, self.pad, self.generator)
+                x = random_crop_flip(x, self.pad, offsets[:, batch], flips[batch])
             y = x if self.targets is None else self.targets[index]
             if self.mean is not None:
                 x = (x - self.mean) / self.std

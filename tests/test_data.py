@@ -67,11 +67,14 @@ def test_bad_split_arguments(tmp_path):
 
 def test_random_crop_flip_keeps_shape_and_content():
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
-    out = data.random_crop_flip(x, 0, torch.Generator().manual_seed(0))
+    out = data.random_crop_flip(x, 0, *data.crop_flip_draws(2, 0, torch.Generator().manual_seed(0)))
     for i in range(2):
         assert torch.equal(out[i], x[i]) or torch.equal(out[i], x[i].flip(2))
-    padded = data.random_crop_flip(x, 2, torch.Generator().manual_seed(0))
-    assert padded.shape == x.shape
+    offsets, flips = data.crop_flip_draws(2, 2, torch.Generator().manual_seed(0))
+    assert offsets.shape == (2, 2) and 0 <= offsets.min() and offsets.max() <= 4 and flips.dtype == torch.bool
+    shifted = data.random_crop_flip(x, 2, torch.tensor([[2, 0], [2, 4]]), torch.tensor([False, True]))
+    assert torch.equal(shifted[0], x[0])  # offset (2, 2) of a 2-pixel padding: the image itself
+    assert torch.equal(shifted[1, :, 2:, 2:], x[1, :, :6, 2:].flip(2))  # 2 rows down, 2 columns left, flipped
 
 
 def test_batch_loader_normalises_and_covers_every_sample():
