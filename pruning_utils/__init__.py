@@ -1,15 +1,17 @@
 """Structured pruning with parallel branches and an alpha schedule (see METHOD.md in the shared folder).
 
-Top-level API: :func:`attach_branches`, :func:`set_alpha`, :func:`get_alpha`, :func:`prune`,
-:func:`fold`. Submodules: ``config``, ``data``, ``models``, ``train``, ``pretrained``, ``branches``,
-``schedules``, ``pruning``, ``folding``, ``metrics``, ``plots``, ``records``, ``ablations``. :class:`Recipe`: how
-the method runs by default (the winner of notebook 08's ablation study).
+Top-level API: :func:`attach_branches`, :func:`set_alpha`, :func:`get_alpha`, :func:`prune`, :func:`fold`,
+:func:`prune_and_fold`, and :class:`Recipe`: every setting of the method, whose defaults are the best recipe
+measured (notebook 08's ablation study). Subpackages by role: ``method`` (branches, schedules, recipe, the pruning
+loop, folding), ``engine`` (data, models, tasks, training, checkpoints, speed, processes, sizes), ``studies``
+(rivals, comparison, ablations, benchmarks) and ``harness`` (baselines, records, plots, widgets, notebook runs,
+sweeps, CLI); ``config`` holds the paths, profiles, device and seeding.
 """
-from .branches import attach_branches, freeze_original, get_alpha, set_alpha
-from .experiments import Recipe
-from .folding import fold, load_plain, save_plain
-from .pruning import PruneConfig, prune, recalibrate_batchnorm
-from .schedules import make_schedule
+from .method.branches import attach_branches, freeze_original, get_alpha, set_alpha
+from .method.folding import fold, load_plain, save_plain
+from .method.pruning import PruneConfig, prune, recalibrate_batchnorm
+from .method.recipe import Recipe
+from .method.schedules import make_schedule
 
 __all__ = ["attach_branches", "freeze_original", "get_alpha", "set_alpha", "fold", "load_plain", "save_plain",
            "PruneConfig", "Recipe", "prune", "recalibrate_batchnorm", "make_schedule"]

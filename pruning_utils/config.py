@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .distributed import is_main
+from .engine.distributed import is_main
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = Path(os.environ.get("PRUNING_UTILS_HOME", PACKAGE_DIR.parent)).resolve()

@@ -3,8 +3,9 @@ import json
 
 import pytest
 
-from pruning_utils import ablations, data, models
 from pruning_utils.config import seed_everything
+from pruning_utils.engine import data, models
+from pruning_utils.studies import ablations
 
 
 def test_every_arm_trains_the_same_epochs():

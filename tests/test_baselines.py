@@ -3,13 +3,14 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_batch
 from torch import nn
 
-from pruning_utils import baselines, comparison, data, metrics, models
-from pruning_utils.experiments import Recipe
-from pruning_utils.train import evaluate
-
-from conftest import tiny_batch
+from pruning_utils.engine import data, models, sizes
+from pruning_utils.engine.train import evaluate
+from pruning_utils.method import budget
+from pruning_utils.method.recipe import Recipe
+from pruning_utils.studies import baselines, comparison
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def small_vgg(classifier="linear"):
 
 
 def target_for(model, keep_ratio):
-    return metrics.count_parameters(metrics.pruned_and_folded(model, keep_ratio))
+    return sizes.count_parameters(budget.pruned_and_folded(model, keep_ratio))
 
 
 def test_magnitude_rounds_are_geometric_down_to_the_budget():
@@ -31,7 +32,7 @@ def test_magnitude_rounds_are_geometric_down_to_the_budget():
     target = target_for(model, 0.35)
     keeps = baselines.magnitude_rounds(model, target, rate=0.2)
     weights = sum(m.weight.numel() for m, _ in baselines.prunable_weights(model))
-    fixed = metrics.count_parameters(model) - weights
+    fixed = sizes.count_parameters(model) - weights
     steps = [weights] + keeps
     assert keeps[-1] == target - fixed and len(keeps) > 5
     assert all(0 < 1 - after / before <= 0.2 + 1e-3 for before, after in zip(steps, steps[1:]))
@@ -49,7 +50,7 @@ def test_magnitude_pruning_reaches_the_budget_with_zeros(digits, retraining):
     target = target_for(model, 0.5)
     pruned = baselines.magnitude_prune(model, train_loader, target, 1, retraining=retraining, progress=False)
     assert baselines.nonzero_parameters(pruned) == target
-    assert metrics.count_parameters(pruned) == metrics.count_parameters(model)  # same dense shapes
+    assert sizes.count_parameters(pruned) == sizes.count_parameters(model)  # same dense shapes
     assert not any(hasattr(m, "weight_mask") for m in pruned.modules())  # zeros made permanent
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with pytest.raises(ValueError, match="retraining"):
@@ -66,7 +67,7 @@ def test_nonzero_parameters_counts_masks():
 def test_torch_pruning_matches_the_folded_widths_and_keeps_top_l1_filters(classifier):
     model = small_vgg(classifier).eval()
     pruned = baselines.torch_pruning_l1(model, 0.5, (3, 32, 32)).eval()
-    assert metrics.count_parameters(pruned) == target_for(model, 0.5)
+    assert sizes.count_parameters(pruned) == target_for(model, 0.5)
     first, first_pruned = model.features[0], pruned.features[0]
     top = torch.sort(torch.topk(first.weight.abs().sum((1, 2, 3)), first_pruned.out_channels).indices).values
     x = tiny_batch(2)
@@ -91,7 +92,7 @@ def test_reinitialise_gives_fresh_weights_of_the_same_shape():
         model.features[0].weight.fill_(1.0)
     model.features[1].running_mean.fill_(3.0)
     fresh = baselines.reinitialise(model)
-    assert metrics.count_parameters(fresh) == metrics.count_parameters(model)
+    assert sizes.count_parameters(fresh) == sizes.count_parameters(model)
     assert not torch.equal(fresh.features[0].weight, model.features[0].weight)
     assert torch.equal(fresh.features[1].running_mean, torch.zeros_like(model.features[1].running_mean))
 
@@ -125,7 +126,7 @@ def test_autopruner_search_moves_scores_towards_the_ratio_and_selection_meets_th
     target = target_for(model, 0.5)
     selection = baselines.autopruner_selection(model, scores, target)
     pruned = baselines.remove_channels(searched, selection["keep"], shape)
-    assert abs(metrics.count_parameters(pruned) - target) / target < 0.05
+    assert abs(sizes.count_parameters(pruned) - target) / target < 0.05
     assert all(len(selection["keep"][n]) == k for n, k in selection["widths"].items())
     assert 0 <= evaluate(pruned, val_loader, "classification")["acc"] <= 100
     with pytest.raises(ValueError, match="keep ratio"):
@@ -200,7 +201,7 @@ def test_zeros_keep_the_dense_cost():
     model = small_vgg()
     rows = comparison.zeros_speed(model, [0.35], (3, 32, 32), (1,), min_run_time=0.01, repeats=1)
     by_variant = {r["variant"]: r for r in rows}
-    macs = metrics.count_macs(model, (3, 32, 32))
+    macs = sizes.count_macs(model, (3, 32, 32))
     assert by_variant["magnitude (zeros)"]["macs"] == macs > by_variant["filter-pruned"]["macs"]
     assert by_variant["magnitude (zeros)"]["params"] == by_variant["filter-pruned"]["params"]
     assert all(r["speedup"] > 0 and r["s_per_image"] > 0 for r in rows)

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 import pruning_utils as pu
-from pruning_utils import branches, models
+from pruning_utils.engine import models
+from pruning_utils.method import branches
 
 
 class Chain(nn.Module):

@@ -1,7 +1,7 @@
 import pytest
 
-from pruning_utils import cli
 from pruning_utils.config import PROFILES
+from pruning_utils.harness import cli
 
 
 def _args(*argv):

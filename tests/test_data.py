@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pruning_utils import data
+from pruning_utils.engine import data
 
 
 def _unique_npz(path, n_train=60, n_test=40):

@@ -10,8 +10,9 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import pruning_utils as pu
-from pruning_utils import data, distributed, schedules
 from pruning_utils.config import REPO_ROOT, seed_everything
+from pruning_utils.engine import data, distributed
+from pruning_utils.method import schedules
 
 
 def _free_port() -> int:

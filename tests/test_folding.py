@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 import pruning_utils as pu
-from pruning_utils import branches, folding, metrics, models
+from pruning_utils.engine import models
+from pruning_utils.method import branches, budget, folding
 
 
 def _perturb(model):
@@ -85,7 +86,7 @@ def test_folded_weights_are_contiguous_and_denormals_flushed():
 def test_channel_multiple_rounds_the_folded_widths():
     model = pu.attach_branches(models.vgg16(width=0.25), 0.59, channel_multiple=8)
     pu.set_alpha(model, 0.0)
-    widths = [w for _, w in metrics.layer_widths(pu.fold(model))][:-1]
+    widths = [w for _, w in budget.layer_widths(pu.fold(model))][:-1]
     assert all(w % 8 == 0 for w in widths)
 
 

@@ -3,36 +3,39 @@ import torch
 from torch import nn
 
 import pruning_utils as pu
-from pruning_utils import config, metrics, models, records
+from pruning_utils import config
+from pruning_utils.engine import models, sizes
+from pruning_utils.harness import records
+from pruning_utils.method import budget
 
 
 def test_macs_count_only_the_path_that_runs():
     model = models.vgg16(width=0.25)
-    full = metrics.count_macs(model, (3, 32, 32))
+    full = sizes.count_macs(model, (3, 32, 32))
     conv = nn.Conv2d(3, 16, 3, padding=1)
-    assert metrics.count_macs(conv, (3, 32, 32)) == 16 * 3 * 9 * 32 * 32
+    assert sizes.count_macs(conv, (3, 32, 32)) == 16 * 3 * 9 * 32 * 32
     pu.attach_branches(model, 0.5)
-    assert metrics.count_macs(model, (3, 32, 32)) == full  # alpha 1: the original alone
+    assert sizes.count_macs(model, (3, 32, 32)) == full  # alpha 1: the original alone
     pu.set_alpha(model, 0.5)
-    mixed = metrics.count_macs(model, (3, 32, 32))
+    mixed = sizes.count_macs(model, (3, 32, 32))
     pu.set_alpha(model, 0.0)
-    pruned = metrics.count_macs(model, (3, 32, 32))
+    pruned = sizes.count_macs(model, (3, 32, 32))
     assert pruned < full < mixed and mixed == pytest.approx(full + pruned, rel=0.01)
 
 
 def test_keep_ratio_for_a_parameter_fraction():
     model = models.vgg16(width=0.25)
-    ratio = metrics.keep_ratio_for_fraction(model, 0.35)
-    size = metrics.folded_size(model, ratio, (3, 32, 32))
+    ratio = budget.keep_ratio_for_fraction(model, 0.35)
+    size = budget.folded_size(model, ratio, (3, 32, 32))
     assert abs(size["param_fraction"] - 0.35) <= 0.005 and 0.55 < ratio < 0.65
     with pytest.raises(ValueError, match="fraction"):
-        metrics.keep_ratio_for_fraction(model, 1.5)
+        budget.keep_ratio_for_fraction(model, 1.5)
 
 
 def test_layer_widths_after_folding():
     model = pu.attach_branches(models.vgg16(width=0.25), 0.5)
     pu.set_alpha(model, 0.0)
-    widths = [w for _, w in metrics.layer_widths(pu.fold(model))]
+    widths = [w for _, w in budget.layer_widths(pu.fold(model))]
     assert widths[:2] == [8, 8] and widths[-1] == 10
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from pruning_utils import models
+from pruning_utils.engine import models
 
 
 def test_vgg16_width_one_has_14_7_million_conv_parameters():

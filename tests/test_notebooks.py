@@ -5,7 +5,7 @@ import math
 import nbformat
 import pytest
 
-from pruning_utils import notebooks
+from pruning_utils.harness import notebooks
 
 TINY = {
     "01_baseline_training.ipynb": {"VGG_WIDTH": 0.0625, "VGG_EPOCHS": 1, "AE_WIDTH": 0.125, "AE_EPOCHS": 1,

@@ -2,8 +2,10 @@ import pytest
 import torch
 
 import pruning_utils as pu
-from pruning_utils import branches, data, experiments, models, pruning, schedules
 from pruning_utils.config import seed_everything
+from pruning_utils.engine import data, models
+from pruning_utils.engine.train import evaluate
+from pruning_utils.method import branches, pipeline, pruning, schedules
 
 
 def _loaders(n=48, batch=16):
@@ -96,7 +98,7 @@ def test_restarts_keep_the_best_alpha_zero_weights():
     restarts = [h for h in history if h["phase"] == "restart"]
     assert len(restarts) == 2 and restarts[1]["lr"] == pytest.approx(1.0, rel=0.01)
     best = max(h["val_acc"] for h in history if h["alpha"] == 0.0)
-    assert pu.train.evaluate(model, val, "classification")["acc"] == pytest.approx(best)
+    assert evaluate(model, val, "classification")["acc"] == pytest.approx(best)
 
 
 def test_stuck_means_no_better_alpha_zero_metric_within_patience():
@@ -163,17 +165,17 @@ def test_a_finished_run_is_loaded_and_folded_from_its_checkpoints(tmp_path):
     baseline = models.vgg16(width=0.125, classifier="mlp")
     train, val = _loaders()
     loaders = (train, val, val)
-    done = experiments.prune_and_fold(baseline, 0.5, loaders, SCHEDULE, pu.PruneConfig(lr=0.01), task="classification",
+    done = pipeline.prune_and_fold(baseline, 0.5, loaders, SCHEDULE, pu.PruneConfig(lr=0.01), task="classification",
                                       input_shape=(3, 32, 32), checkpoint_dir=tmp_path, progress=False)
-    loaded = experiments.load_pruned(baseline, 0.5, tmp_path, loaders, task="classification", input_shape=(3, 32, 32))
+    loaded = pipeline.load_pruned(baseline, 0.5, tmp_path, loaders, task="classification", input_shape=(3, 32, 32))
     assert loaded.metrics == pytest.approx(done.metrics, rel=1e-6, abs=1e-6)
     x, _ = next(iter(val))
     with torch.inference_mode():
         assert torch.equal(loaded.folded(x), done.folded.eval()(x))
     with pytest.raises(ValueError, match="does not fit"):
-        experiments.load_pruned(baseline, 0.25, tmp_path, loaders, task="classification", input_shape=(3, 32, 32))
+        pipeline.load_pruned(baseline, 0.25, tmp_path, loaders, task="classification", input_shape=(3, 32, 32))
     with pytest.raises(FileNotFoundError, match="no stage checkpoints"):
-        experiments.load_pruned(baseline, 0.5, tmp_path / "none", loaders, task="classification", input_shape=(3, 32, 32))
+        pipeline.load_pruned(baseline, 0.5, tmp_path / "none", loaders, task="classification", input_shape=(3, 32, 32))
 
 
 def test_staggered_ramp_moves_the_deepest_unit_first_and_ends_all_at_zero():

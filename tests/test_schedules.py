@@ -1,6 +1,6 @@
 import pytest
 
-from pruning_utils import schedules as S
+from pruning_utils.method import schedules as S
 
 
 def test_step_schedule():

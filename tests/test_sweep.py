@@ -6,7 +6,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from pruning_utils import sweep
+from pruning_utils.harness import sweep
 
 PARAMETERS = '''
 SIZE: int = 1             # a number
@@ -16,7 +16,7 @@ RUN_NAME: str = "toy"     # file stem of the record
 PROGRESS: bool = True     # unused
 '''
 BODY = '''
-from pruning_utils import records
+from pruning_utils.harness import records
 records.write_record(records.output_dir("quick", OUTPUT_DIR) / f"{RUN_NAME}.json", "toy.ipynb",
                      {"SIZE": SIZE, "LABEL": LABEL}, {"run": {"val_acc": SIZE * 10.0}, "label_length": len(LABEL)})
 '''
@@ -80,8 +80,8 @@ def test_flatten_keeps_nested_scalars():
 
 
 def test_the_committed_ablation_grid_fits_notebook_08():
-    from pruning_utils import ablations
     from pruning_utils.config import REPO_ROOT
+    from pruning_utils.studies import ablations
 
     fixed, grid = sweep.read_grid(REPO_ROOT / "sweeps" / "08_ablations_cifar10.yaml")
     sweep.check_names(REPO_ROOT / "notebooks" / "08_method_ablations.ipynb", fixed, grid)

@@ -4,8 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from pruning_utils import data, models, train
 from pruning_utils.config import seed_everything
+from pruning_utils.engine import checkpoints, data, models, tasks, train
+from pruning_utils.engine.speed import Speed
 
 
 def _loaders(n=64, batch=16):
@@ -20,7 +21,7 @@ def test_loss_falls_on_a_small_batch():
     model = models.vgg16(width=0.125)
     x, y = torch.rand(16, 3, 32, 32), torch.randint(0, 10, (16,))
     opt = torch.optim.Adam(model.parameters(), 1e-3)
-    loss_fn = train.supervised_loss("classification")
+    loss_fn = tasks.supervised_loss("classification")
     first = None
     for _ in range(30):
         loss, _ = loss_fn(model, x, y)
@@ -40,20 +41,20 @@ def test_evaluate_reports_accuracy_and_psnr():
 
 def test_checkpoint_round_trip_is_atomic_and_weights_only(tmp_path):
     model = models.vgg16(width=0.125)
-    path = train.save_checkpoint(tmp_path / "a" / "c.pt", model=model.state_dict(), history=[{"epoch": 1}])
+    path = checkpoints.save_checkpoint(tmp_path / "a" / "c.pt", model=model.state_dict(), history=[{"epoch": 1}])
     assert [p.name for p in path.parent.iterdir()] == ["c.pt"]
-    state = train.load_checkpoint(path)
+    state = checkpoints.load_checkpoint(path)
     other = models.vgg16(width=0.125)
-    train.load_model_state(other, state["model"])
+    checkpoints.load_model_state(other, state["model"])
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
 
 
 def test_checkpoint_from_another_architecture_is_explained(tmp_path):
-    path = train.save_checkpoint(tmp_path / "c.pt", model=models.vgg16(width=0.25).state_dict())
+    path = checkpoints.save_checkpoint(tmp_path / "c.pt", model=models.vgg16(width=0.25).state_dict())
     with pytest.raises(ValueError, match="shape mismatch.*features.0.weight"):
-        train.load_model_state(models.vgg16(width=0.125), train.load_checkpoint(path)["model"])
+        checkpoints.load_model_state(models.vgg16(width=0.125), checkpoints.load_checkpoint(path)["model"])
     with pytest.raises(ValueError, match="missing"):
-        train.load_model_state(models.vgg16(width=0.25, classifier="mlp"), train.load_checkpoint(path)["model"])
+        checkpoints.load_model_state(models.vgg16(width=0.25, classifier="mlp"), checkpoints.load_checkpoint(path)["model"])
 
 
 def _fit(epochs, checkpoint=None):
@@ -81,7 +82,7 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         _fit(3, ckpt)
     monkeypatch.setattr(train, "evaluate", real_evaluate)
-    saved = train.load_checkpoint(ckpt)
+    saved = checkpoints.load_checkpoint(ckpt)
     assert len(saved["history"]) == saved["epoch"] == 2
     model, history = _fit(3, ckpt)
     assert [h["epoch"] for h in history] == [1, 2, 3]
@@ -108,13 +109,13 @@ def test_speed_options_train_the_same_model():
                             progress=False, speed=speed)
         return model, history[0]
 
-    plain, plain_record = trained(train.Speed())
-    nhwc, nhwc_record = trained(train.Speed(channels_last=True))
+    plain, plain_record = trained(Speed())
+    nhwc, nhwc_record = trained(Speed(channels_last=True))
     assert next(nhwc.parameters()).is_contiguous(memory_format=torch.channels_last)
     for a, b in zip(plain.parameters(), nhwc.parameters()):
         assert torch.allclose(a, b.contiguous(), atol=1e-4)
     assert nhwc_record["val_loss"] == pytest.approx(plain_record["val_loss"], rel=1e-3)
-    bf16, bf16_record = trained(train.Speed(bf16=True))  # bfloat16 autocast: lower precision, same training
+    bf16, bf16_record = trained(Speed(bf16=True))  # bfloat16 autocast: lower precision, same training
     assert next(bf16.parameters()).dtype == torch.float32 and math.isfinite(bf16_record["train_loss"])
     assert bf16_record["train_loss"] == pytest.approx(plain_record["train_loss"], rel=0.05)
 
@@ -147,7 +148,7 @@ def test_non_finite_loss_is_caught_before_the_step_on_cpu_and_at_the_next_read_o
         train.train_epoch(model, batches, opt, _nan_on_second_batch(calls), progress=False, check_every=50)
 
 
-@pytest.mark.parametrize("device, expected", [("cpu", train.Speed()), ("cuda", train.Speed(True, True, False))])
+@pytest.mark.parametrize("device, expected", [("cpu", Speed()), ("cuda", Speed(True, True, False))])
 def test_speed_for_device_turns_the_usual_options_on_for_cuda_only(device, expected):
-    assert train.Speed.for_device(device) == expected
-    assert train.Speed.for_device(device, channels_last=False, bf16=True, compile=True) == train.Speed(False, True, True)
+    assert Speed.for_device(device) == expected
+    assert Speed.for_device(device, channels_last=False, bf16=True, compile=True) == Speed(False, True, True)

@@ -1,7 +1,7 @@
 import pytest
 
-from pruning_utils import train_speed
-from pruning_utils.branches import get_alpha
+from pruning_utils.method.branches import get_alpha
+from pruning_utils.studies import train_speed
 
 
 def test_options_are_measured_against_the_plain_loop_in_the_same_run(tmp_path):

@@ -2,8 +2,9 @@ import pytest
 import torch
 
 import pruning_utils as pu
-from pruning_utils import models
-from pruning_utils.widgets import alpha_explorer, reconstruct, to_png
+from pruning_utils.engine import models
+from pruning_utils.harness.widgets import alpha_explorer, to_png
+from pruning_utils.studies.autoencoders import reconstruct
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ and ``check_log.json`` into ``OUT``. Set-up (Debian's chromium, playwright from 
 
     apt-get install -y chromium && python3 -m venv /tmp/browser-venv && /tmp/browser-venv/bin/pip install playwright
     mkdir -p /tmp/slidercheck   # put slider.ipynb there, one cell:
-        # import torch; import pruning_utils as pu; from pruning_utils.models import RGBAutoencoder
-        # from pruning_utils.widgets import alpha_explorer; torch.manual_seed(0)
+        # import torch; import pruning_utils as pu; from pruning_utils.engine.models import RGBAutoencoder
+        # from pruning_utils.harness.widgets import alpha_explorer; torch.manual_seed(0)
         # model = RGBAutoencoder(width=0.0625); pu.attach_branches(model, 0.35, include=["encoder"], init="he")
         # alpha_explorer(model, torch.rand(2, 3, 128, 128), ["noise A", "noise B"], alpha=1.0)
     .venv/bin/jupyter lab --no-browser --allow-root --ip 127.0.0.1 --port 8899 \

@@ -6,7 +6,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from .distributed import is_main
+from ..engine.distributed import is_main
 
 
 def save(fig, path: str | Path | None) -> Path | None:
@@ -79,7 +79,7 @@ def plot_reconstructions(rows: dict[str, torch.Tensor], path=None, title: str = 
 
 def plot_comparison(rows: list[dict], baseline: float | None = None, title: str = "", path=None):
     """Validation accuracy of each method against parameters left, MACs and training wall time (one point a
-    budget; rows as :func:`pruning_utils.comparison.compare` returns them)."""
+    budget; rows as :func:`pruning_utils.studies.comparison.compare` returns them)."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
     for i, method in enumerate(methods):

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .branches import set_alpha
+from ..studies.autoencoders import reconstruct
 
 
 def to_png(image: torch.Tensor, scale: int = 2) -> bytes:
@@ -22,15 +22,6 @@ def to_png(image: torch.Tensor, scale: int = 2) -> bytes:
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-@torch.inference_mode()
-def reconstruct(model: nn.Module, images: torch.Tensor, alpha: float) -> torch.Tensor:
-    """The branched ``model``'s outputs for ``images`` at ``alpha`` (eval mode; alpha is left at that value)."""
-    set_alpha(model, alpha)
-    model.eval()
-    device = next(model.parameters()).device
-    return model(images.to(device)).cpu()
 
 
 def alpha_explorer(model: nn.Module, images: torch.Tensor, labels: list[str] | None = None, alpha: float = 0.0,

@@ -1,6 +1,6 @@
 """The method's ablation study: one reference recipe, each factor changed alone, then the best combination.
 
-A :class:`~pruning_utils.experiments.Recipe` holds every factor of the parallel-branch method (branch
+A :class:`~pruning_utils.Recipe` holds every factor of the parallel-branch method (branch
 initialisation, alpha schedule and the length of its alpha = 0 phase, loss, frozen or updated original,
 learning-rate policy, BatchNorm re-estimation, the order in which units lose their original path). :data:`ARMS` changes one factor of the reference each;
 BatchNorm re-estimation at alpha = 0 is measured on every arm's final weights (paired, no extra training);
@@ -20,13 +20,16 @@ from pathlib import Path
 
 from torch import nn
 
-from .comparison import ComparisonConfig, run_arm as run_rival
-from .config import seed_everything
-from .experiments import Recipe, prune_and_fold
-from .folding import fold
-from .metrics import keep_ratio_for_fraction
-from .pruning import recalibrate_batchnorm
-from .train import atomic_write, evaluate
+from ..config import seed_everything
+from ..engine.checkpoints import atomic_write
+from ..engine.train import evaluate
+from ..method.budget import keep_ratio_for_fraction
+from ..method.folding import fold
+from ..method.pipeline import prune_and_fold
+from ..method.pruning import recalibrate_batchnorm
+from ..method.recipe import Recipe
+from .comparison import ComparisonConfig
+from .comparison import run_arm as run_rival
 
 RIVAL = "torch_pruning_l1"  # the structured yardstick, run under the same protocol
 

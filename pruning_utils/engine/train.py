@@ -1,90 +1,23 @@
 """Training and evaluation for classification and reconstruction, with atomic, resumable checkpoints."""
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import show_progress
-from .distributed import is_main, shard, unwrap, wrap
+from ..config import show_progress
+from .checkpoints import load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
+from .distributed import shard, unwrap, wrap
+from .speed import PLAIN, Speed
+from .tasks import check_task, metric_name, psnr, supervised_loss, task_loss
 
-TASKS = ("classification", "reconstruction")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULERS = ("onecycle", "cosine", "plateau", "none")
-
-
-def check_task(task: str) -> None:
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-
-
-def metric_name(task: str) -> str:
-    """The headline metric: accuracy (%) for classification, PSNR (dB, pixels in [0, 1]) for reconstruction."""
-    check_task(task)
-    return "acc" if task == "classification" else "psnr"
-
-
-def task_loss(task: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy, or the per-element mean squared error with pixels on the [0, 1] scale."""
-    return F.cross_entropy(output, target) if task == "classification" else F.mse_loss(output, target)
-
-
-def psnr(mse: float) -> float:
-    """Peak signal-to-noise ratio in dB for a mean squared error on the [0, 1] pixel scale."""
-    return 10 * math.log10(1.0 / max(mse, 1e-12))
-
-
-@dataclass(frozen=True)
-class Speed:
-    """How the loops use the hardware; none changes what is computed, bf16 only its precision.
-
-    ``channels_last``: the model's weights and every 4-D batch in NHWC order (faster convolutions on GPUs and on
-    many CPUs); ``bf16``: the forward and the loss under bfloat16 autocast (GPUs; CPUs with AVX512-BF16 or AMX);
-    ``compile``: ``torch.compile`` of the model's forward in place (state_dict keys unchanged).
-    """
-
-    channels_last: bool = False
-    bf16: bool = False
-    compile: bool = False
-
-    @classmethod
-    def for_device(cls, device: torch.device | str, channels_last: bool | None = None, bf16: bool | None = None,
-                   compile: bool = False) -> "Speed":
-        """The options for ``device``; one left as None is on where it is the usual speed-up (CUDA), else off."""
-        cuda = torch.device(device).type == "cuda"
-        return cls(cuda if channels_last is None else channels_last, cuda if bf16 is None else bf16, compile)
-
-    def prepare(self, model: nn.Module) -> nn.Module:
-        """Apply the memory format and compilation to ``model`` in place; return it."""
-        if self.channels_last:
-            model.to(memory_format=torch.channels_last)
-        if self.compile:
-            # compiled modules share one code object's cache: train and eval modes, alpha's three paths, the teacher
-            # and the partial last batch each add entries, more than dynamo's default limit of 8
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, COMPILED_GRAPHS_LIMIT)
-            model.compile()
-        return model
-
-    def inputs(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
-
-    def autocast(self, x: torch.Tensor):
-        """bfloat16 autocast on ``x``'s device when ``bf16`` is set, else a context that does nothing."""
-        return torch.autocast(x.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
-
-
-PLAIN = Speed()
-COMPILED_GRAPHS_LIMIT = 64
 
 
 @torch.inference_mode()
@@ -140,14 +73,6 @@ def steps_per_batch(scheduler) -> bool:
     return scheduler is not None and not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
 
-def supervised_loss(task: str):
-    """``loss_fn(model, x, y) -> (loss, output)`` for the task's own loss."""
-    def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
-        output = model(x)
-        return task_loss(task, output, y), output
-    return loss_fn
-
-
 class NonFiniteLossError(FloatingPointError):
     """A training loss became NaN or infinite."""
 
@@ -197,66 +122,6 @@ def _check_finite(total: torch.Tensor | float, count: int, description: str) -> 
 # --------------------------------------------------------------------------------------------
 # Checkpoints
 # --------------------------------------------------------------------------------------------
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """``write(temporary path)`` beside ``path``, then rename it into place: a reader never sees half a file
-    (on rank 0 only when several processes run)."""
-    path = Path(path)
-    if not is_main():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
-def save_checkpoint(path: str | Path, **state) -> Path:
-    """Write ``state`` with torch.save, atomically (:func:`atomic_write`)."""
-    return atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``: no code is unpickled)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
-
-
-def load_model_state(model: nn.Module, state: dict, source: str = "checkpoint") -> None:
-    """Load a state_dict (into the module inside DDP), or raise a ValueError that lists what does not fit the model."""
-    model = unwrap(model)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    reshaped = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                for k in own if k in state and own[k].shape != state[k].shape]
-    if missing or unexpected or reshaped:
-        lines = [f"{source} does not fit this model (was it saved from another architecture, width or "
-                 f"pruning state? build the model with the checkpoint's settings):"]
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", reshaped)):
-            if items:
-                lines.append(f"  {label} ({len(items)}): " + ", ".join(items[:5]) + (" ..." if len(items) > 5 else ""))
-        raise ValueError("\n".join(lines))
-    model.load_state_dict(state)
-
-
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,7 +136,7 @@ def fit(model: nn.Module, train_loader, val_loader, *, task: str, epochs: int, l
     With ``checkpoint`` set, the full state (model, optimiser, scheduler, data order, RNG, history)
     is written atomically after every epoch, and an existing checkpoint there is resumed, so an
     interrupted run continues the same history. ``meta`` is stored beside it (e.g. the model's
-    settings) so a mismatch can be explained. ``speed`` (:class:`Speed`) prepares the model and runs the loops. Under ``torchrun`` (see :mod:`pruning_utils.distributed`) it
+    settings) so a mismatch can be explained. ``speed`` (:class:`Speed`) prepares the model and runs the loops. Under ``torchrun`` (see :mod:`pruning_utils.engine.distributed`) it
     trains with DistributedDataParallel, each rank on its share of every batch.
     """
     check_task(task)
@@ -288,7 +153,7 @@ def fit(model: nn.Module, train_loader, val_loader, *, task: str, epochs: int, l
             sched.load_state_dict(state["scheduler"])
         if hasattr(train_loader, "load_state_dict"):
             train_loader.load_state_dict(state["loader"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         history = list(state["history"])
 
     loss_fn = supervised_loss(task)
@@ -309,6 +174,6 @@ def fit(model: nn.Module, train_loader, val_loader, *, task: str, epochs: int, l
             save_checkpoint(checkpoint, epoch=epoch + 1, model=unwrap(model).state_dict(), optimizer=opt.state_dict(),
                             scheduler=sched.state_dict() if sched is not None else {},
                             loader=train_loader.state_dict() if hasattr(train_loader, "state_dict") else {},
-                            rng=_rng_state(), history=history, meta=meta or {})
+                            rng=rng_state(), history=history, meta=meta or {})
     return history
 

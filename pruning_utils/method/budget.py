@@ -1,32 +1,13 @@
-"""Model size and cost: parameters, multiply-accumulates (counted by torch.utils.flop_counter), widths."""
+"""Budgets: the keep ratio whose folded network keeps a given share of the parameters."""
 from __future__ import annotations
 
 import copy
 
-import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
+from ..engine.sizes import count_macs, count_parameters
 from .branches import LINEAR_TYPES, attach_branches, out_channels, set_alpha
 from .folding import fold
-from .models import count_parameters
-
-
-@torch.no_grad()
-def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Multiply-accumulates of one forward pass on a single input of ``input_shape`` (C, H, W), eval mode.
-
-    Counted by ``torch.utils.flop_counter`` (FLOPs / 2) on the operations the forward really runs,
-    so a branched model at alpha = 0 counts only its branches.
-    """
-    was_training = model.training
-    model.eval()
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    counter = FlopCounterMode(display=False)
-    with counter:
-        model(torch.zeros(1, *input_shape, device=device))
-    model.train(was_training)
-    return counter.get_total_flops() // 2
 
 
 def layer_widths(model: nn.Module) -> list[tuple[str, int]]:
@@ -66,37 +47,3 @@ def keep_ratio_for_fraction(model: nn.Module, fraction: float, tolerance: float 
             return round(mid, 4)
         low, high = (mid, high) if got < fraction else (low, mid)
     return round((low + high) / 2, 4)
-
-
-def training_step_seconds(model: nn.Module, loader, steps: int = 20, warmup: int = 3, lr: float = 0.01) -> float:
-    """Median wall time of one SGD training step (forward, cross-entropy or MSE, backward, update).
-
-    Runs on a copy so ``model`` is not changed. Used to compare a branched model's cost with the original's.
-    """
-    import statistics
-    import time
-
-    from .train import make_optimizer
-
-    work = copy.deepcopy(model).train()
-    optimizer = make_optimizer("sgd", [p for p in work.parameters() if p.requires_grad], lr)
-    times = []
-    batches = iter(loader)
-    for i in range(warmup + steps):
-        try:
-            x, y = next(batches)
-        except StopIteration:
-            batches = iter(loader)
-            x, y = next(batches)
-        start = time.perf_counter()
-        out = work(x)
-        loss = (torch.nn.functional.cross_entropy(out, y) if y.dtype == torch.long
-                else torch.nn.functional.mse_loss(out, y))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if out.is_cuda:
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)

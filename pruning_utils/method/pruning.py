@@ -23,13 +23,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..config import show_progress
+from ..engine.checkpoints import load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
+from ..engine.distributed import shard, unwrap, wrap
+from ..engine.speed import PLAIN, Speed
+from ..engine.tasks import check_task, metric_name
+from ..engine.train import NonFiniteLossError, evaluate, make_optimizer, make_scheduler, steps_per_batch, train_epoch
 from .branches import branched_units, freeze_original, get_alpha, set_alpha
-from .config import show_progress
-from .distributed import shard, unwrap, wrap
 from .schedules import Stage, total_epochs
-from .train import (PLAIN, NonFiniteLossError, Speed, check_task, evaluate, load_checkpoint, load_model_state,
-                    make_optimizer, make_scheduler, metric_name, save_checkpoint, steps_per_batch, train_epoch,
-                    _rng_state, _set_rng_state)
 
 LOSSES = ("ce", "logits_mse", "kd", "ce+kd", "reconstruction")
 TEACHER_LOSSES = ("logits_mse", "kd", "ce+kd")
@@ -202,8 +203,8 @@ def prune(model: nn.Module, train_loader, val_loader, schedule: list[Stage], con
     ``checkpoint_dir``: a checkpoint ``stage_NN.pt`` after every stage. ``resume``: True resumes
     from the latest stage checkpoint there, an int from that stage's, False starts afresh.
     ``max_stages`` stops after that many stages in this call (a later call resumes). ``speed``: memory format,
-    bf16 autocast and torch.compile of the loops (:class:`~pruning_utils.train.Speed`). Under ``torchrun``
-    it trains with DistributedDataParallel (:mod:`pruning_utils.distributed`); alpha follows the same steps on
+    bf16 autocast and torch.compile of the loops (:class:`~pruning_utils.engine.speed.Speed`). Under ``torchrun``
+    it trains with DistributedDataParallel (:mod:`pruning_utils.engine.distributed`); alpha follows the same steps on
     every rank.
     """
     config = config or PruneConfig()
@@ -244,7 +245,7 @@ def prune(model: nn.Module, train_loader, val_loader, schedule: list[Stage], con
                 sched.load_state_dict(state["scheduler"])
             if hasattr(train_loader, "load_state_dict"):
                 train_loader.load_state_dict(state["loader"])
-            _set_rng_state(state["rng"])
+            set_rng_state(state["rng"])
             first = index + 1
 
     net, shards = wrap(speed.prepare(model)), shard(train_loader)  # DDP when several processes run
@@ -273,7 +274,7 @@ def prune(model: nn.Module, train_loader, val_loader, schedule: list[Stage], con
                             optimizer=opt.state_dict() if global_lr else {},
                             scheduler=sched.state_dict() if global_lr else {},
                             loader=train_loader.state_dict() if hasattr(train_loader, "state_dict") else {},
-                            rng=_rng_state(), config=asdict(config),
+                            rng=rng_state(), config=asdict(config),
                             teacher=teacher.state_dict() if own_teacher else {})
     finished = first + done >= len(plan) or improving
     if finished and (config.keep_best or config.restarts) and best["state"] is not None:

@@ -4,7 +4,7 @@
 atomically to a JSON file as soon as it is done, so an interrupted comparison resumes with the arms
 left. The methods (:data:`METHODS`):
 
-* ``branches``: the parallel-branch method with its default :class:`~pruning_utils.experiments.Recipe` (notebook
+* ``branches``: the parallel-branch method with its default :class:`~pruning_utils.Recipe` (notebook
   08's winner) or the one given;
 * ``torch_pruning_l1``: Torch-Pruning's L1 filter pruning to the same widths, then fine-tuning;
 * ``magnitude_finetune`` / ``magnitude_rewind``: iterative global magnitude pruning (unstructured) to the
@@ -25,10 +25,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..engine.checkpoints import atomic_write
+from ..engine.sizes import count_macs, count_parameters
+from ..engine.train import evaluate, fit
+from ..method.budget import keep_ratio_for_fraction, pruned_and_folded
+from ..method.pipeline import prune_and_fold
+from ..method.recipe import Recipe
 from . import baselines
-from .experiments import Recipe, prune_and_fold
-from .metrics import count_macs, count_parameters, keep_ratio_for_fraction, pruned_and_folded
-from .train import atomic_write, evaluate, fit
 
 METHODS = ("branches", "torch_pruning_l1", "magnitude_finetune", "magnitude_rewind", "autopruner",
            "autopruner_scratch", "scratch")
@@ -215,7 +218,7 @@ def zeros_speed(baseline: nn.Module, fractions, input_shape, batch_sizes=(1, 32)
 
     Speed does not depend on training, so the pruned models are made without it. ``speedup``: the
     baseline's time over the model's, at the same batch size (median of ``repeats`` timings, see
-    :func:`pruning_utils.bench.time_per_image`).
+    :func:`pruning_utils.studies.bench.time_per_image`).
     """
     from .bench import time_per_image
 

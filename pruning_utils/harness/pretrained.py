@@ -7,10 +7,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import CHECKPOINT_DIR, get_device, seed_everything
-from .data import ImageSplits, PhotoSplits
-from .models import RGBAutoencoder, vgg16
-from .train import PLAIN, Speed, fit
+from ..config import CHECKPOINT_DIR, get_device, seed_everything
+from ..engine.data import ImageSplits, PhotoSplits
+from ..engine.models import RGBAutoencoder, vgg16
+from ..engine.speed import PLAIN, Speed
+from ..engine.train import fit
 
 
 def _slug(text: str) -> str:
@@ -29,7 +30,7 @@ def vgg_baseline(data: ImageSplits, *, width: float, epochs: int, batch_size: in
                  speed: Speed = PLAIN) -> tuple[nn.Module, list[dict], Path]:
     """Train VGG16-BN on ``data`` (SGD with Nesterov momentum, one-cycle schedule), or load it when trained.
 
-    The checkpoint is resumed if a run was interrupted. ``speed``: see :class:`~pruning_utils.train.Speed`.
+    The checkpoint is resumed if a run was interrupted. ``speed``: see :class:`~pruning_utils.engine.speed.Speed`.
     Returns the model (on ``device``), the per-epoch history and the checkpoint path.
     """
     device = get_device(device)
@@ -50,7 +51,7 @@ def autoencoder_baseline(data: PhotoSplits, *, width: float, epochs: int, batch_
                          speed: Speed = PLAIN) -> tuple[nn.Module, list[dict], Path]:
     """Train :class:`RGBAutoencoder` on photo crops (Adam, one-cycle schedule), or load it when trained.
 
-    ``speed``: see :class:`~pruning_utils.train.Speed`."""
+    ``speed``: see :class:`~pruning_utils.engine.speed.Speed`."""
     device = get_device(device)
     path = Path(checkpoint) if checkpoint else baseline_checkpoint_path(
         "autoencoder", data.source, width, epochs, seed, z=bottleneck, b=batch_size, n=crops_per_photo, lr=lr)

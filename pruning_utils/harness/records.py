@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from .config import FIGURES_DIR, QUICK_FIGURES_DIR, REPO_ROOT
-from .distributed import is_main
+from ..config import FIGURES_DIR, QUICK_FIGURES_DIR, REPO_ROOT
+from ..engine.distributed import is_main
 
 
 def machine() -> dict:

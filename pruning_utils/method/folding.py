@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
+from ..engine.checkpoints import load_checkpoint, load_model_state, save_checkpoint
 from .branches import BranchedUnit, UnsupportedModelError, branched_units, trace_chain
-from .train import load_checkpoint, load_model_state, save_checkpoint
 
 
 def expansion_matrix(unit: BranchedUnit) -> torch.Tensor:

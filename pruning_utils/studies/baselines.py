@@ -24,11 +24,13 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 from tqdm.auto import tqdm
 
-from .branches import LINEAR_TYPES, kept_channels, out_channels, prunable_units
-from .config import show_progress
-from .metrics import count_parameters, pruned_and_folded
-from .models import init_weights
-from .train import make_optimizer, make_scheduler, supervised_loss, train_epoch
+from ..config import show_progress
+from ..engine.models import init_weights
+from ..engine.sizes import count_parameters
+from ..engine.tasks import supervised_loss
+from ..engine.train import make_optimizer, make_scheduler, train_epoch
+from ..method.branches import LINEAR_TYPES, kept_channels, out_channels, prunable_units
+from ..method.budget import pruned_and_folded
 
 RETRAINING = ("finetune", "rewind")
 

@@ -7,15 +7,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import Profile, pick, resolve_path
-from .data import EMBEDDED, PhotoSplits, load_photos
-from .experiments import PruningResult, prune_and_fold
-from .metrics import count_macs, count_parameters
-from .pretrained import autoencoder_baseline
-from .pruning import PruneConfig, load_stage, stage_checkpoints
-from .schedules import Stage
-from .train import evaluate
-from .widgets import reconstruct
+from ..config import Profile, pick, resolve_path
+from ..engine.data import EMBEDDED, PhotoSplits, load_photos
+from ..engine.sizes import count_macs, count_parameters
+from ..engine.train import evaluate
+from ..harness.pretrained import autoencoder_baseline
+from ..method.branches import set_alpha
+from ..method.pipeline import PruningResult, prune_and_fold
+from ..method.pruning import PruneConfig, load_stage, stage_checkpoints
+from ..method.schedules import Stage
 
 INPUT_SHAPE = (3, 128, 128)
 PARTS = ("encoder", "decoder", "both")
@@ -63,6 +63,15 @@ def prune_part(ae: AutoencoderSetup, part: str, keep_ratio: float, schedule: lis
                           task="reconstruction", input_shape=INPUT_SHAPE, include=None if part == "both" else [part],
                           init=init, checkpoint_dir=Path(checkpoint_dir) / part, resume=resume, progress=ae.progress)
 
+
+
+@torch.inference_mode()
+def reconstruct(model: nn.Module, images: torch.Tensor, alpha: float) -> torch.Tensor:
+    """The branched ``model``'s outputs for ``images`` at ``alpha`` (eval mode; alpha is left at that value)."""
+    set_alpha(model, alpha)
+    model.eval()
+    device = next(model.parameters()).device
+    return model(images.to(device)).cpu()
 
 @torch.inference_mode()
 def reconstruction_rows(ae: AutoencoderSetup, result: PruningResult, intermediate: int = 3) -> dict[str, torch.Tensor]:

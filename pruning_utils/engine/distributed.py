@@ -38,7 +38,7 @@ def is_main() -> bool:
 def setup() -> torch.device:
     """Join the process group ``torchrun`` describes in the environment (nothing to do without it) and return this
     rank's device: its own GPU (NCCL) where CUDA is present, else the CPU (gloo). The training and pruning loops
-    (:func:`pruning_utils.train.fit`, :func:`pruning_utils.pruning.prune`) then use DDP by themselves."""
+    (:func:`pruning_utils.engine.train.fit`, :func:`pruning_utils.method.pruning.prune`) then use DDP by themselves."""
     cuda = torch.cuda.is_available()
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")

@@ -103,6 +103,3 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameters (all, or only those that require gradients)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
