@@ -9,10 +9,12 @@ sweeps, CLI); ``config`` holds the paths, profiles, device and seeding.
 """
 from .method.branches import attach_branches, freeze_original, get_alpha, set_alpha
 from .method.folding import fold, load_plain, save_plain
-from .method.pruning import PruneConfig, prune, recalibrate_batchnorm
-from .method.recipe import Recipe
+from .method.pipeline import prune_and_fold
+from .method.pruning import PruningFailedError, prune, recalibrate_batchnorm
+from .method.recipe import PruneConfig, Recipe
 from .method.schedules import make_schedule
 
 __all__ = ["attach_branches", "freeze_original", "get_alpha", "set_alpha", "fold", "load_plain", "save_plain",
-           "PruneConfig", "Recipe", "prune", "recalibrate_batchnorm", "make_schedule"]
+           "prune_and_fold", "PruneConfig", "Recipe", "PruningFailedError", "prune", "recalibrate_batchnorm",
+           "make_schedule"]
 __version__ = "0.1.0"

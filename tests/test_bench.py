@@ -69,10 +69,10 @@ def test_checkpoint_and_folded_file(tmp_path):
     assert bench.count_parameters(variants["folded"]) == bench.count_parameters(folded)
     original = bench.original_model("vgg16", 0.0625)
     meta = {"model": "vgg16", "width": 0.0625}
-    checkpoints.save_checkpoint(tmp_path / "baseline.pt", model=original.state_dict(), meta=meta)
+    checkpoints.save_checkpoint(tmp_path / "baseline.pt", model=original.state_dict(), settings=meta)
     loaded = bench.build_variants("vgg16", 0.0625, 0.5, seed=1, checkpoint=tmp_path / "baseline.pt")["original"]
     assert torch.equal(loaded.features[0].weight, original.features[0].weight)
-    checkpoints.save_checkpoint(tmp_path / "ae.pt", model={}, meta={"model": "autoencoder", "width": 0.25})
+    checkpoints.save_checkpoint(tmp_path / "ae.pt", model={}, settings={"model": "autoencoder", "width": 0.25})
     with pytest.raises(ValueError, match="not a vgg16 of width 0.0625"):
         bench.original_model("vgg16", 0.0625, tmp_path / "ae.pt")
 

@@ -21,7 +21,7 @@ def test_loss_falls_on_a_small_batch():
     model = models.vgg16(width=0.125)
     x, y = torch.rand(16, 3, 32, 32), torch.randint(0, 10, (16,))
     opt = torch.optim.Adam(model.parameters(), 1e-3)
-    loss_fn = tasks.supervised_loss("classification")
+    loss_fn = tasks.CLASSIFICATION.supervised_loss()
     first = None
     for _ in range(30):
         loss, _ = loss_fn(model, x, y)

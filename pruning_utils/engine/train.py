@@ -1,6 +1,7 @@
 """Training and evaluation for classification and reconstruction, with atomic, resumable checkpoints."""
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -14,33 +15,31 @@ from ..config import show_progress
 from .checkpoints import load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
 from .distributed import shard, unwrap, wrap
 from .speed import PLAIN, Speed
-from .tasks import check_task, metric_name, psnr, supervised_loss, task_loss
+from .tasks import Task, get_task
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULERS = ("onecycle", "cosine", "plateau", "none")
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: Iterable, task: str, speed: Speed = PLAIN) -> dict[str, float]:
-    """Mean loss and the task metric over ``loader`` in eval mode (the model's mode is restored)."""
-    check_task(task)
+def evaluate(model: nn.Module, loader: Iterable, task: str | Task, speed: Speed = PLAIN) -> dict[str, float]:
+    """Mean loss and the task's metric over ``loader`` in eval mode (the model's mode is restored)."""
+    task = get_task(task)
     was_training = model.training
     model.eval()
-    total_loss, correct, count = 0.0, 0, 0  # sums stay on the device until the end: no stall per batch
+    total_loss, score, count = 0.0, 0, 0  # sums stay on the device until the end: no stall per batch
     for x, y in loader:
         x = speed.inputs(x)
         with speed.autocast(x):
             out = model(x)
         out = out.float()
-        n = len(x)
-        total_loss = total_loss + task_loss(task, out, y) * n
-        if task == "classification":
-            correct = correct + (out.argmax(1) == y).sum()
-        count += n
+        total_loss = total_loss + task.loss(out, y) * len(x)
+        batch_score = task.batch_score(out, y)
+        score = score if batch_score is None else score + batch_score
+        count += len(x)
     model.train(was_training)
     loss = float(total_loss) / max(count, 1)
-    metric = 100.0 * float(correct) / max(count, 1) if task == "classification" else psnr(loss)
-    return {"loss": loss, metric_name(task): metric}
+    return {"loss": loss, task.metric: task.metric_value(loss, float(score), count)}
 
 
 def make_optimizer(name: str, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
@@ -125,9 +124,57 @@ def _check_finite(total: torch.Tensor | float, count: int, description: str) -> 
 
 
 # --------------------------------------------------------------------------------------------
+# Resumable training state
+# --------------------------------------------------------------------------------------------
+class ResumeMismatchError(ValueError):
+    """A checkpoint was written by a run with other settings than the one asked to resume it."""
+
+
+def _comparable(value):
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def check_resume(saved: dict | None, requested: dict, path: str | Path) -> None:
+    """Raise :class:`ResumeMismatchError` naming every setting in which the run that wrote the checkpoint at
+    ``path`` (``saved``) differs from the ``requested`` one, and how to start afresh."""
+    if saved is None:
+        raise ResumeMismatchError(f"{path} records no settings (written by an older version), so resuming it could "
+                                  f"mix two runs: delete it (or its folder) to start afresh")
+    saved, requested = _comparable(saved), _comparable(requested)
+    differ = [f"{k}: checkpoint {saved.get(k, '(not set)')!r}, now {requested.get(k, '(not set)')!r}"
+              for k in sorted(set(saved) | set(requested)) if saved.get(k) != requested.get(k)]
+    if differ:
+        raise ResumeMismatchError(f"{path} was written by a run with other settings; resuming would mix two runs:\n  "
+                                  + "\n  ".join(differ) + f"\nUse the checkpoint's settings, or delete {path} (or "
+                                  f"pass resume=False / RESUME=False) to start afresh")
+
+
+def training_state(*, model: nn.Module, optimizer, scheduler, loader, history: list[dict], settings: dict,
+                   **extra) -> dict:
+    """Everything a resumed run needs: weights, optimiser, scheduler, data order, RNG, history and settings."""
+    return {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict() if optimizer else {},
+            "scheduler": scheduler.state_dict() if scheduler is not None else {},
+            "loader": loader.state_dict() if hasattr(loader, "state_dict") else {}, "rng": rng_state(),
+            "history": history, "settings": settings, **extra}
+
+
+def restore_training_state(state: dict, *, model: nn.Module, optimizer, scheduler, loader, source: str) -> list[dict]:
+    """Load what :func:`training_state` saved into the run's objects; return the saved history."""
+    load_model_state(model, state["model"], source=source)
+    if optimizer is not None and state.get("optimizer"):
+        optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state.get("scheduler"):
+        scheduler.load_state_dict(state["scheduler"])
+    if hasattr(loader, "load_state_dict") and state.get("loader"):
+        loader.load_state_dict(state["loader"])
+    set_rng_state(state["rng"])
+    return list(state["history"])
+
+
+# --------------------------------------------------------------------------------------------
 # The training loop
 # --------------------------------------------------------------------------------------------
-def fit(model: nn.Module, train_loader, val_loader, *, task: str, epochs: int, lr: float,
+def fit(model: nn.Module, train_loader, val_loader, *, task: str | Task, epochs: int, lr: float,
         optimizer: str = "sgd", momentum: float = 0.9, weight_decay: float = 5e-4, scheduler: str = "onecycle",
         checkpoint: str | Path | None = None, meta: dict | None = None, progress: bool = True,
         plateau_patience: int = 3, speed: Speed = PLAIN) -> list[dict]:
@@ -135,28 +182,28 @@ def fit(model: nn.Module, train_loader, val_loader, *, task: str, epochs: int, l
 
     With ``checkpoint`` set, the full state (model, optimiser, scheduler, data order, RNG, history)
     is written atomically after every epoch, and an existing checkpoint there is resumed, so an
-    interrupted run continues the same history. ``meta`` is stored beside it (e.g. the model's
-    settings) so a mismatch can be explained. ``speed`` (:class:`Speed`) prepares the model and runs the loops. Under ``torchrun`` (see :mod:`pruning_utils.engine.distributed`) it
-    trains with DistributedDataParallel, each rank on its share of every batch.
+    interrupted run continues the same history. The settings (these arguments and ``meta``: the model's and the
+    data's identity) are stored with it, and a checkpoint written with other settings is refused
+    (:class:`ResumeMismatchError`) rather than mixed into this run. ``speed`` (:class:`Speed`) prepares the model
+    and runs the loops. Under ``torchrun`` (see :mod:`pruning_utils.engine.distributed`) it trains with
+    DistributedDataParallel, each rank on its share of every batch.
     """
-    check_task(task)
+    task = get_task(task)
     if epochs < 0:
         raise ValueError(f"epochs must be non-negative, got {epochs}")
     opt = make_optimizer(optimizer, [p for p in model.parameters() if p.requires_grad], lr, momentum, weight_decay)
     sched = make_scheduler(scheduler, opt, max(epochs, 1), len(train_loader), patience=plateau_patience)
+    settings = {"task": task.name, "epochs": epochs, "lr": lr, "optimizer": optimizer, "momentum": momentum,
+                "weight_decay": weight_decay, "scheduler": scheduler, "plateau_patience": plateau_patience,
+                **(meta or {})}
     history: list[dict] = []
     if checkpoint is not None and Path(checkpoint).is_file():
         state = load_checkpoint(checkpoint, map_location=next(model.parameters()).device)
-        load_model_state(model, state["model"], source=f"checkpoint {checkpoint}")
-        opt.load_state_dict(state["optimizer"])
-        if sched is not None and state.get("scheduler"):
-            sched.load_state_dict(state["scheduler"])
-        if hasattr(train_loader, "load_state_dict"):
-            train_loader.load_state_dict(state["loader"])
-        set_rng_state(state["rng"])
-        history = list(state["history"])
+        check_resume(state.get("settings"), settings, checkpoint)
+        history = restore_training_state(state, model=model, optimizer=opt, scheduler=sched, loader=train_loader,
+                                         source=f"checkpoint {checkpoint}")
 
-    loss_fn = supervised_loss(task)
+    loss_fn = task.supervised_loss()
     net, shards = wrap(speed.prepare(model)), shard(train_loader)  # DDP when several processes run
     bar = tqdm(range(len(history), epochs), desc="epochs", disable=not show_progress(progress))
     for epoch in bar:
@@ -171,9 +218,6 @@ def fit(model: nn.Module, train_loader, val_loader, *, task: str, epochs: int, l
         history.append(record)
         bar.set_postfix({k: round(v, 4) for k, v in record.items() if k.startswith("val_")})
         if checkpoint is not None:
-            save_checkpoint(checkpoint, epoch=epoch + 1, model=unwrap(model).state_dict(), optimizer=opt.state_dict(),
-                            scheduler=sched.state_dict() if sched is not None else {},
-                            loader=train_loader.state_dict() if hasattr(train_loader, "state_dict") else {},
-                            rng=rng_state(), history=history, meta=meta or {})
+            save_checkpoint(checkpoint, epoch=epoch + 1, **training_state(
+                model=model, optimizer=opt, scheduler=sched, loader=train_loader, history=history, settings=settings))
     return history
-

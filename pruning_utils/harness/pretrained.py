@@ -9,6 +9,8 @@ from torch import nn
 
 from ..config import CHECKPOINT_DIR, get_device, seed_everything
 from ..engine.data import ImageSplits, PhotoSplits
+from ..engine.distributed import world_size
+from ..engine.identity import fingerprint
 from ..engine.models import RGBAutoencoder, vgg16
 from ..engine.speed import PLAIN, Speed
 from ..engine.train import fit
@@ -18,10 +20,24 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", Path(str(text)).stem).strip("-") or "data"
 
 
-def baseline_checkpoint_path(kind: str, source: str, width: float, epochs: int, seed: int, **settings) -> Path:
-    """Where a baseline with these settings is stored: one file per distinct setting."""
+def data_identity(data: ImageSplits | PhotoSplits) -> dict:
+    """The source and a fingerprint of the images a baseline trains and is validated on."""
+    if isinstance(data, ImageSplits):
+        content = fingerprint(data.x_train, data.y_train, data.x_val, data.y_val)
+    else:
+        content = fingerprint(data.train_photos, data.val_crops)
+    return {"source": str(data.source), "fingerprint": content}
+
+
+def baseline_checkpoint_path(kind: str, data: ImageSplits | PhotoSplits, width: float, epochs: int, seed: int,
+                             **settings) -> Path:
+    """Where a baseline with these settings is stored: one file per distinct setting and data content."""
+    if world_size() > 1:  # BatchNorm statistics are per rank: another number of processes trains another model
+        settings["ranks"] = world_size()
     extra = "".join(f"_{k}{v}" for k, v in sorted(settings.items()))
-    return CHECKPOINT_DIR / f"{kind}_{_slug(source)}_w{width:g}_e{epochs}_s{seed}{extra}.pt"
+    identity = data_identity(data)
+    return CHECKPOINT_DIR / (f"{kind}_{_slug(identity['source'])}-{identity['fingerprint']}_w{width:g}_e{epochs}"
+                             f"_s{seed}{extra}.pt")
 
 
 def vgg_baseline(data: ImageSplits, *, width: float, epochs: int, batch_size: int = 128, lr: float = 0.05,
@@ -35,11 +51,12 @@ def vgg_baseline(data: ImageSplits, *, width: float, epochs: int, batch_size: in
     """
     device = get_device(device)
     path = Path(checkpoint) if checkpoint else baseline_checkpoint_path(
-        "vgg16", data.source, width, epochs, seed, c=classifier, b=batch_size, lr=lr)
+        "vgg16", data, width, epochs, seed, c=classifier, b=batch_size, lr=lr, wd=weight_decay)
     seed_everything(seed)
     model = vgg16(data.num_classes, width=width, classifier=classifier).to(device)
     train, val, _ = data.loaders(batch_size, device=device, seed=seed)
-    meta = {"model": "vgg16", "width": width, "classifier": classifier, "num_classes": data.num_classes}
+    meta = {"model": "vgg16", "width": width, "classifier": classifier, "num_classes": data.num_classes,
+            "batch_size": batch_size, "seed": seed, "data": data_identity(data)}
     history = fit(model, train, val, task="classification", epochs=epochs, lr=lr, weight_decay=weight_decay,
                   scheduler="onecycle", checkpoint=path, meta=meta, progress=progress, speed=speed)
     return model, history, path
@@ -54,11 +71,12 @@ def autoencoder_baseline(data: PhotoSplits, *, width: float, epochs: int, batch_
     ``speed``: see :class:`~pruning_utils.engine.speed.Speed`."""
     device = get_device(device)
     path = Path(checkpoint) if checkpoint else baseline_checkpoint_path(
-        "autoencoder", data.source, width, epochs, seed, z=bottleneck, b=batch_size, n=crops_per_photo, lr=lr)
+        "autoencoder", data, width, epochs, seed, z=bottleneck, b=batch_size, n=crops_per_photo, lr=lr)
     seed_everything(seed)
     model = RGBAutoencoder(width=width, bottleneck=bottleneck).to(device)
     train, val, _ = data.loaders(batch_size, crops_per_photo, device=device, seed=seed)
-    meta = {"model": "autoencoder", "width": width, "bottleneck": bottleneck}
+    meta = {"model": "autoencoder", "width": width, "bottleneck": bottleneck, "batch_size": batch_size,
+            "crops_per_photo": crops_per_photo, "seed": seed, "data": data_identity(data)}
     history = fit(model, train, val, task="reconstruction", epochs=epochs, lr=lr, optimizer="adam",
                   weight_decay=0.0, scheduler="onecycle", checkpoint=path, meta=meta, progress=progress,
                   speed=speed)

@@ -11,11 +11,12 @@ from torch import nn
 from ..engine.checkpoints import load_checkpoint
 from ..engine.sizes import count_macs, count_parameters
 from ..engine.speed import PLAIN, Speed
-from ..engine.tasks import metric_name
+from ..engine.tasks import Task, get_task
 from ..engine.train import evaluate
 from .branches import attach_branches
 from .folding import fold
-from .pruning import PruneConfig, load_stage, prune, stage_checkpoints
+from .pruning import load_stage, prune, stage_checkpoints
+from .recipe import Recipe
 from .schedules import Stage
 
 
@@ -40,26 +41,31 @@ class PruningResult:
     checkpoint_dir: Path | None = None
 
 
-def prune_and_fold(baseline: nn.Module, keep_ratio, loaders, schedule: list[Stage], config: PruneConfig, *,
-                   task: str, input_shape: tuple[int, ...], include=None, exclude=None, init: str = "l1",
-                   teacher: nn.Module | None = None, checkpoint_dir: str | Path | None = None, resume=True,
-                   progress: bool = True, speed: Speed = PLAIN) -> PruningResult:
-    """Prune a copy of ``baseline`` at ``keep_ratio`` through ``schedule`` and fold it.
+def prune_and_fold(baseline: nn.Module, keep_ratio, loaders, *, recipe: Recipe | None = None,
+                   epochs: int | None = None, schedule: list[Stage] | None = None, task: str | Task,
+                   input_shape: tuple[int, ...], include=None, exclude=None, teacher: nn.Module | None = None,
+                   checkpoint_dir: str | Path | None = None, resume=True, progress: bool = True,
+                   speed: Speed = PLAIN) -> PruningResult:
+    """Prune a copy of ``baseline`` at ``keep_ratio`` with ``recipe`` (default: the best one measured) and fold it.
 
-    ``loaders``: (train, validation, test). ``speed``: see :class:`~pruning_utils.engine.speed.Speed`. Metrics: see
-    :func:`summarize`.
+    The alpha schedule is the recipe's over ``epochs``, or ``schedule`` when given. ``loaders``: (train, validation,
+    test). The distillation teacher is a frozen copy of ``teacher`` (default: the baseline). ``speed``: see
+    :class:`~pruning_utils.engine.speed.Speed`. Metrics: see :func:`summarize`.
     """
+    recipe = (recipe or Recipe()).for_task(task)
     train_loader, val_loader, _ = loaders
-    model = attach_branches(copy.deepcopy(baseline), keep_ratio, include=include, exclude=exclude, init=init)
-    history = prune(model, train_loader, val_loader, schedule, config, task=task, teacher=teacher,
-                    checkpoint_dir=checkpoint_dir, resume=resume, progress=progress, speed=speed)
+    model = attach_branches(copy.deepcopy(baseline), keep_ratio, include=include, exclude=exclude, init=recipe.init)
+    history = prune(model, train_loader, val_loader, schedule, recipe, epochs=epochs, task=task,
+                    teacher=teacher if teacher is not None else baseline, checkpoint_dir=checkpoint_dir,
+                    resume=resume, progress=progress, speed=speed)
     folded = fold(model).eval()
     return PruningResult(model, folded, history, summarize(model, folded, history, loaders, task, input_shape),
                          Path(checkpoint_dir) if checkpoint_dir else None)
 
 
-def load_pruned(baseline: nn.Module, keep_ratio, checkpoint_dir: str | Path, loaders, *, task: str,
-                input_shape: tuple[int, ...], include=None, exclude=None, init: str = "l1") -> PruningResult:
+def load_pruned(baseline: nn.Module, keep_ratio, checkpoint_dir: str | Path, loaders, *, task: str | Task,
+                input_shape: tuple[int, ...], include=None, exclude=None,
+                init: str = Recipe().init) -> PruningResult:
     """The result of an earlier pruning run, from the last stage checkpoint it wrote to ``checkpoint_dir``.
 
     ``keep_ratio``, ``include`` and ``exclude`` must be those of the run (a mismatch is reported with the layers
@@ -77,12 +83,12 @@ def load_pruned(baseline: nn.Module, keep_ratio, checkpoint_dir: str | Path, loa
                          Path(checkpoint_dir))
 
 
-def summarize(model: nn.Module, folded: nn.Module, history: list[dict], loaders, task: str,
+def summarize(model: nn.Module, folded: nn.Module, history: list[dict], loaders, task: str | Task,
               input_shape: tuple[int, ...]) -> dict:
     """Validation loss and metric of the alpha = 0 ``model``, the ``folded`` network's test loss and metric, its
     parameters and MACs, the fold's relative maximum difference, epochs and training seconds."""
     _, val_loader, test_loader = loaders
-    name = metric_name(task)
+    name = get_task(task).metric
     val, test = evaluate(model, val_loader, task), evaluate(folded, test_loader, task)
     trained = [h for h in history if h.get("phase") != "bn_recalibrated"]
     return {"val_loss": val["loss"], f"val_{name}": val[name], "test_loss": test["loss"], f"test_{name}": test[name],

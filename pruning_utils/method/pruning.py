@@ -1,7 +1,7 @@
 """The pruning loop: train a branched model through an alpha schedule down to alpha = 0.
 
 Stages train at a fixed alpha (or with alpha ramped every step, for all units at once or staggered, the
-deepest or the first unit first: ``PruneConfig.alpha_order``). The learning rate resets at every
+deepest or the first unit first: ``Recipe.alpha_order``). The learning rate resets at every
 alpha drop (``lr_schedule="plateau"`` or ``"constant"``) or follows one schedule over the whole run
 (``"onecycle"``, ``"cosine"``). After the last stage, optional restarts at alpha = 0 with the
 learning rate x10 each time keep the best weights; with ``restart_patience`` a restart runs only
@@ -15,7 +15,7 @@ import copy
 import re
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -24,65 +24,26 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import show_progress
-from ..engine.checkpoints import load_checkpoint, load_model_state, rng_state, save_checkpoint, set_rng_state
+from ..engine.checkpoints import load_checkpoint, load_model_state, save_checkpoint
 from ..engine.distributed import shard, unwrap, wrap
 from ..engine.speed import PLAIN, Speed
-from ..engine.tasks import check_task, metric_name
-from ..engine.train import NonFiniteLossError, evaluate, make_optimizer, make_scheduler, steps_per_batch, train_epoch
+from ..engine.tasks import Task, get_task
+from ..engine.train import (
+    NonFiniteLossError,
+    check_resume,
+    evaluate,
+    make_optimizer,
+    make_scheduler,
+    restore_training_state,
+    steps_per_batch,
+    train_epoch,
+    training_state,
+)
 from .branches import branched_units, freeze_original, get_alpha, set_alpha
+from .recipe import Recipe
 from .schedules import Stage, total_epochs
 
-LOSSES = ("ce", "logits_mse", "kd", "ce+kd", "reconstruction")
-TEACHER_LOSSES = ("logits_mse", "kd", "ce+kd")
-LR_SCHEDULES = ("plateau", "constant", "onecycle", "cosine")
-ALPHA_ORDERS = ("together", "deep_first", "shallow_first")
 STAGE_FILE = re.compile(r"stage_(\d+)\.pt$")
-
-
-@dataclass
-class PruneConfig:
-    """Settings of :func:`prune`. ``lr_schedule``: 'plateau' (the seeds: reset per stage, ReduceLROnPlateau
-    inside), 'constant' (reset per stage), 'onecycle' or 'cosine' (one schedule over all stages)."""
-
-    lr: float = 0.01
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_schedule: str = "onecycle"
-    plateau_patience: int = 2
-    plateau_factor: float = 0.1
-    stage_patience: int | None = None  # end a stage early after this many epochs without a better val loss
-    loss: str = "ce"
-    kd_temperature: float = 4.0
-    kd_weight: float = 0.5  # weight of distillation in 'ce+kd'
-    freeze_original: bool = False
-    restarts: int = 0  # extra alpha = 0 stages, each with the initial lr x restart_factor more
-    restart_factor: float = 10.0
-    restart_epochs: int | None = None  # epochs of each restart (default: the last stage's)
-    restart_patience: int | None = None  # restart only when stuck: no better val metric at alpha 0 in this many epochs
-    keep_best: bool = False  # end with the best alpha = 0 weights by validation metric (implied by restarts)
-    bn_recalibration_batches: int = 0  # re-estimate BatchNorm statistics at the end on this many batches
-    alpha_order: str = "together"  # ramps: all units at once, or staggered from the deepest or the first unit
-    alpha_stagger: float = 0.5  # staggered ramps: fraction of the ramp between the first and the last unit's start
-
-    def validate(self, task: str) -> None:
-        check_task(task)
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
-        if (task == "reconstruction") != (self.loss == "reconstruction"):
-            raise ValueError(f"loss {self.loss!r} does not fit task {task!r}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.restarts < 0 or self.bn_recalibration_batches < 0:
-            raise ValueError("restarts and bn_recalibration_batches must be non-negative")
-        if self.alpha_order not in ALPHA_ORDERS:
-            raise ValueError(f"alpha_order must be one of {ALPHA_ORDERS}, got {self.alpha_order!r}")
-        if not 0 <= self.alpha_stagger < 1:
-            raise ValueError(f"alpha_stagger must be in [0, 1), got {self.alpha_stagger}")
-        if self.restart_patience is not None and self.restart_patience < 1:
-            raise ValueError(f"restart_patience must be at least 1 or None, got {self.restart_patience}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,8 +68,8 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
                     reduction="batchmean") * temperature ** 2
 
 
-def make_loss(config: PruneConfig, teacher: nn.Module | None):
-    """``loss_fn(model, x, y) -> (loss, output)`` for ``config.loss``."""
+def make_loss(config: Recipe, teacher: nn.Module | None):
+    """``loss_fn(model, x, y) -> (loss, output)`` for ``config.loss`` (resolved: see :meth:`Recipe.for_task`)."""
     def loss_fn(model, x, y):
         out = model(x)
         if config.loss == "ce":
@@ -177,7 +138,7 @@ def stage_checkpoints(folder: str | Path) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
-def _plan(schedule: list[Stage], config: PruneConfig) -> list[tuple[Stage, float]]:
+def _plan(schedule: list[Stage], config: Recipe) -> list[tuple[Stage, float]]:
     """The stages to run with their initial learning rates: the schedule, then the restarts."""
     if not schedule:
         raise ValueError("the schedule has no stages")
@@ -192,36 +153,53 @@ def _plan(schedule: list[Stage], config: PruneConfig) -> list[tuple[Stage, float
 # --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
-def prune(model: nn.Module, train_loader, val_loader, schedule: list[Stage], config: PruneConfig | None = None, *,
-          task: str = "classification", teacher: nn.Module | None = None, checkpoint_dir: str | Path | None = None,
-          resume: bool | int = True, max_stages: int | None = None, progress: bool = True,
-          speed: Speed = PLAIN) -> list[dict]:
-    """Train ``model`` (with branches attached) through ``schedule``; return the per-epoch history.
+class PruningFailedError(RuntimeError):
+    """The run ended without one trained epoch at alpha = 0 (every stage that reaches it was rolled back)."""
 
-    ``teacher`` serves the distillation losses; ``None`` uses :func:`frozen_teacher` of the model
-    as it is when pruning starts (saved in the stage checkpoints, so a resumed run has the same).
-    ``checkpoint_dir``: a checkpoint ``stage_NN.pt`` after every stage. ``resume``: True resumes
-    from the latest stage checkpoint there, an int from that stage's, False starts afresh.
+
+def _run_settings(recipe: Recipe, schedule: list[Stage], task: Task, model: nn.Module) -> dict:
+    """What determines a pruning run's stage checkpoints, so that a resume with other settings is refused."""
+    return {"recipe": asdict(recipe), "schedule": [stage.as_dict() for stage in schedule], "task": task.name,
+            "branches": {name: unit.kept for name, unit in branched_units(model).items()}}
+
+
+def prune(model: nn.Module, train_loader, val_loader, schedule: list[Stage] | None = None,
+          config: Recipe | None = None, *, epochs: int | None = None, task: str | Task = "classification",
+          teacher: nn.Module | None = None, checkpoint_dir: str | Path | None = None, resume: bool | int = True,
+          max_stages: int | None = None, progress: bool = True, speed: Speed = PLAIN) -> list[dict]:
+    """Train ``model`` (with branches attached) through an alpha schedule; return the per-epoch history.
+
+    ``config``: the :class:`~pruning_utils.method.recipe.Recipe` (default: the best one measured); ``schedule``: the
+    stages, or None for the recipe's schedule over ``epochs``. ``teacher`` serves the distillation losses: a frozen
+    copy of it runs (eval mode, no gradients; the model passed is never changed); ``None`` uses
+    :func:`frozen_teacher` of the model as it is when pruning starts (saved in the stage checkpoints, so a resumed
+    run has the same). ``checkpoint_dir``: a checkpoint ``stage_NN.pt`` after every stage, with the run's settings.
+    ``resume``: True resumes from the latest stage checkpoint there, an int from that stage's, False starts afresh;
+    a checkpoint written with other settings raises :class:`~pruning_utils.engine.train.ResumeMismatchError`.
     ``max_stages`` stops after that many stages in this call (a later call resumes). ``speed``: memory format,
     bf16 autocast and torch.compile of the loops (:class:`~pruning_utils.engine.speed.Speed`). Under ``torchrun``
-    it trains with DistributedDataParallel (:mod:`pruning_utils.engine.distributed`); alpha follows the same steps on
-    every rank.
+    it trains with DistributedDataParallel (:mod:`pruning_utils.engine.distributed`); alpha follows the same steps
+    on every rank. Raises :class:`PruningFailedError` when the run ends with no epoch trained at alpha = 0.
     """
-    config = config or PruneConfig()
-    config.validate(task)
+    task = get_task(task)
+    recipe = (config or Recipe()).for_task(task)
+    if schedule is None:
+        if epochs is None:
+            raise ValueError("give the schedule, or the epochs for the recipe's schedule (epochs=...)")
+        schedule = recipe.schedule_for(epochs)
     if not branched_units(model):
         raise ValueError("the model has no branches: call attach_branches(model, keep_ratio) first")
-    plan = _plan(schedule, config)
-    freeze_original(model, config.freeze_original)
+    plan = _plan(schedule, recipe)
+    freeze_original(model, recipe.freeze_original)
     params = [p for p in model.parameters() if p.requires_grad]
-    global_lr = config.lr_schedule in ("onecycle", "cosine")
-    main_epochs = total_epochs(schedule)
-    opt = make_optimizer(config.optimizer, params, config.lr, config.momentum, config.weight_decay)
-    sched = make_scheduler(config.lr_schedule, opt, main_epochs, len(train_loader)) if global_lr else None
-    own_teacher = teacher is None and config.loss in TEACHER_LOSSES
-    if own_teacher:
-        teacher = frozen_teacher(unwrap(model))
-    loss_fn = make_loss(config, teacher)
+    global_lr = recipe.lr_schedule in ("onecycle", "cosine")
+    opt = make_optimizer(recipe.optimizer, params, recipe.lr, recipe.momentum, recipe.weight_decay)
+    sched = make_scheduler(recipe.lr_schedule, opt, total_epochs(schedule), len(train_loader)) if global_lr else None
+    own_teacher = teacher is None and recipe.needs_teacher()
+    if recipe.needs_teacher():
+        teacher = frozen_teacher(unwrap(model) if own_teacher else teacher)
+    loss_fn = make_loss(recipe, teacher)
+    settings = _run_settings(recipe, schedule, task, unwrap(model))
     history: list[dict] = []
     best: dict = {"metric": None, "state": None}
     first = 0
@@ -235,59 +213,58 @@ def prune(model: nn.Module, train_loader, val_loader, schedule: list[Stage], con
         if found:
             index, path = max(found.items())
             state = load_checkpoint(path, map_location=next(model.parameters()).device)
-            load_model_state(model, state["model"], source=f"stage checkpoint {path}")
-            history = [h for h in state["history"] if h["stage"] <= index]
+            check_resume(state.get("settings"), settings, path)
+            history = [h for h in restore_training_state(
+                state, model=model, optimizer=opt if global_lr else None, scheduler=sched, loader=train_loader,
+                source=f"stage checkpoint {path}") if h["stage"] <= index]
             best = state["best"]
             if own_teacher:
                 load_model_state(teacher, state["teacher"], source=f"teacher in {path}")
-            if global_lr and state.get("optimizer"):
-                opt.load_state_dict(state["optimizer"])
-                sched.load_state_dict(state["scheduler"])
-            if hasattr(train_loader, "load_state_dict"):
-                train_loader.load_state_dict(state["loader"])
-            set_rng_state(state["rng"])
             first = index + 1
 
     net, shards = wrap(speed.prepare(model)), shard(train_loader)  # DDP when several processes run
+    metric = f"val_{task.metric}"
     done, improving = 0, False
     for index in range(first, len(plan)):
         if max_stages is not None and done >= max_stages:
             break
         stage, stage_lr = plan[index]
         restart = index >= len(schedule)
-        if restart and config.restart_patience and not is_stuck(history, f"val_{metric_name(task)}",
-                                                                config.restart_patience):
+        if restart and recipe.restart_patience and not is_stuck(history, metric, recipe.restart_patience):
             improving = True  # still improving at alpha = 0: no restart needed
             break
         if restart or not global_lr:
-            opt = make_optimizer(config.optimizer, params, stage_lr, config.momentum, config.weight_decay)
-            stage_sched = make_scheduler("plateau", opt, stage.epochs, len(train_loader), config.plateau_patience,
-                                         config.plateau_factor) if (restart or config.lr_schedule == "plateau") else None
+            opt = make_optimizer(recipe.optimizer, params, stage_lr, recipe.momentum, recipe.weight_decay)
+            stage_sched = make_scheduler("plateau", opt, stage.epochs, len(train_loader), recipe.plateau_patience,
+                                         recipe.plateau_factor) if (restart or recipe.lr_schedule == "plateau") else None
         else:
             stage_sched = sched
-        history += _run_stage(net, stage, index, restart, opt, stage_sched, loss_fn, shards, val_loader,
-                              task, config, best, progress, len(history), speed)
+        history += _run_stage(net, stage, index=index, restart=restart, optimizer=opt, scheduler=stage_sched,
+                              loss_fn=loss_fn, loaders=(shards, val_loader), task=task, recipe=recipe, best=best,
+                              progress=progress, epochs_before=len(history), speed=speed)
         done += 1
         if checkpoint_dir is not None:
-            save_checkpoint(Path(checkpoint_dir) / f"stage_{index:02d}.pt", model=unwrap(model).state_dict(),
-                            alpha=get_alpha(model), history=history, best=best, stage=stage.as_dict(),
-                            optimizer=opt.state_dict() if global_lr else {},
-                            scheduler=sched.state_dict() if global_lr else {},
-                            loader=train_loader.state_dict() if hasattr(train_loader, "state_dict") else {},
-                            rng=rng_state(), config=asdict(config),
-                            teacher=teacher.state_dict() if own_teacher else {})
+            save_checkpoint(Path(checkpoint_dir) / f"stage_{index:02d}.pt", alpha=get_alpha(model), best=best,
+                            stage=stage.as_dict(), teacher=teacher.state_dict() if own_teacher else {},
+                            **training_state(model=model, optimizer=opt if global_lr else None,
+                                             scheduler=sched if global_lr else None, loader=train_loader,
+                                             history=history, settings=settings))
     finished = first + done >= len(plan) or improving
-    if finished and (config.keep_best or config.restarts) and best["state"] is not None:
+    if finished and not any(h["alpha"] == 0.0 for h in history):
+        raise PruningFailedError("no epoch at alpha = 0 was trained: every stage that reaches it stopped on a "
+                                 "non-finite loss and was rolled back (see the warnings). Lower the learning rate "
+                                 f"(it was {recipe.lr:g}) and start afresh")
+    if finished and (recipe.keep_best or recipe.restarts) and best["state"] is not None:
         load_model_state(model, best["state"], source="best alpha = 0 weights")
-    if finished and config.bn_recalibration_batches:
-        recalibrate_batchnorm(model, train_loader, config.bn_recalibration_batches)
+    if finished and recipe.bn_recalibration_batches:
+        recalibrate_batchnorm(model, train_loader, recipe.bn_recalibration_batches)
         val = evaluate(model, val_loader, task)
         history.append({**history[-1], "phase": "bn_recalibrated",
                         **{f"val_{k}": v for k, v in val.items()}, "seconds": 0.0})
     return history
 
 
-def unit_alphas(stage: Stage, fraction: float, units: list[str], config: PruneConfig) -> float | dict[str, float]:
+def unit_alphas(stage: Stage, fraction: float, units: list[str], config: Recipe) -> float | dict[str, float]:
     """Alpha after ``fraction`` of a ramp stage: one value for all ``units`` (in model order), or, with a staggered
     ``config.alpha_order``, one per unit, each ramping over ``1 - alpha_stagger`` of the stage, the deepest (or the
     first) unit starting at once and the last to start at ``alpha_stagger``."""
@@ -299,11 +276,13 @@ def unit_alphas(stage: Stage, fraction: float, units: list[str], config: PruneCo
             for rank, name in enumerate(ordered)}
 
 
-def _run_stage(model, stage: Stage, index: int, restart: bool, opt, sched, loss_fn, train_loader, val_loader,
-               task: str, config: PruneConfig, best: dict, progress: bool, epochs_before: int,
+def _run_stage(model, stage: Stage, *, index: int, restart: bool, optimizer, scheduler, loss_fn, loaders,
+               task: Task, recipe: Recipe, best: dict, progress: bool, epochs_before: int,
                speed: Speed = PLAIN) -> list[dict]:
-    """Train one stage; update ``best`` (the best alpha = 0 weights) in place; return its history."""
-    metric = f"val_{metric_name(task)}"
+    """Train one stage; update ``best`` (the best alpha = 0 weights) in place; return its history.
+    ``loaders``: (train, validation)."""
+    train_loader, val_loader = loaders
+    metric = f"val_{task.metric}"
     steps = stage.epochs * len(train_loader)
     step = 0
     units = list(branched_units(model))
@@ -312,7 +291,7 @@ def _run_stage(model, stage: Stage, index: int, restart: bool, opt, sched, loss_
     def move_alpha():
         nonlocal step
         if stage.shape != "constant":
-            set_alpha(model, unit_alphas(stage, step / steps, units, config))
+            set_alpha(model, unit_alphas(stage, step / steps, units, recipe))
         step += 1
 
     records: list[dict] = []
@@ -324,7 +303,7 @@ def _run_stage(model, stage: Stage, index: int, restart: bool, opt, sched, loss_
     for _ in bar:
         start = time.perf_counter()
         try:
-            train = train_epoch(model, train_loader, opt, loss_fn, sched if steps_per_batch(sched) else None,
+            train = train_epoch(model, train_loader, optimizer, loss_fn, scheduler if steps_per_batch(scheduler) else None,
                                 before_step=move_alpha, progress=progress, speed=speed,
                                 description=f"epoch {epochs_before + len(records) + 1}")
         except NonFiniteLossError as err:
@@ -337,12 +316,12 @@ def _run_stage(model, stage: Stage, index: int, restart: bool, opt, sched, loss_
         if stage.shape != "constant" and step >= steps:
             set_alpha(model, stage.end)
         val = evaluate(model, val_loader, task, speed)
-        if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            sched.step(val["loss"])
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(val["loss"])
         alpha = get_alpha(model)
         record = {"epoch": epochs_before + len(records) + 1, "stage": index, "phase": phase,
                   "alpha": alpha if isinstance(alpha, float) else sum(alpha.values()) / len(alpha),
-                  "lr": opt.param_groups[0]["lr"], "train_loss": train["loss"],
+                  "lr": optimizer.param_groups[0]["lr"], "train_loss": train["loss"],
                   **{f"val_{k}": v for k, v in val.items()}, "seconds": time.perf_counter() - start}
         records.append(record)
         bar.set_postfix(alpha=f"{record['alpha']:.3f}", **{metric: f"{record[metric]:.3f}"})
@@ -353,7 +332,7 @@ def _run_stage(model, stage: Stage, index: int, restart: bool, opt, sched, loss_
             stale += 1
         if record["alpha"] == 0.0 and (best["metric"] is None or record[metric] > best["metric"]):
             best.update(metric=record[metric], state=copy.deepcopy(unwrap(model).state_dict()))
-        if config.stage_patience is not None and stale >= config.stage_patience:
+        if recipe.stage_patience is not None and stale >= recipe.stage_patience:
             break
     return records
 

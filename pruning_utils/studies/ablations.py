@@ -22,13 +22,14 @@ from torch import nn
 
 from ..config import seed_everything
 from ..engine.checkpoints import atomic_write
-from ..engine.train import evaluate
+from ..engine.tasks import CLASSIFICATION
+from ..engine.train import check_resume, evaluate
 from ..method.budget import keep_ratio_for_fraction
 from ..method.folding import fold
 from ..method.pipeline import prune_and_fold
 from ..method.pruning import recalibrate_batchnorm
 from ..method.recipe import Recipe
-from .comparison import ComparisonConfig
+from .comparison import ComparisonConfig, arm_identity, forget
 from .comparison import run_arm as run_rival
 
 RIVAL = "torch_pruning_l1"  # the structured yardstick, run under the same protocol
@@ -36,13 +37,14 @@ RIVAL = "torch_pruning_l1"  # the structured yardstick, run under the same proto
 
 # The reference of the study: the recipe of the comparison before it (L1 warm start, linear 2-epoch ramp, CE).
 REFERENCE = Recipe(init="l1", schedule="linear", ramp_epochs=2, loss="ce", freeze_original=False,
-                   lr_schedule="onecycle", restarts=0, bn_recalibration_batches=0, alpha_order="together")
+                   lr_schedule="onecycle", restarts=0, restart_epochs=2, bn_recalibration_batches=0,
+                   alpha_order="together")
 
 # Each arm: (factor, changes to the reference recipe).
 ARMS: dict[str, tuple[str, dict]] = {
     "reference": ("reference", {}),
     "he_init": ("branch init", {"init": "he"}),
-    "seeds_stages": ("schedule", {"schedule": "stages"}),
+    "seeds_stages": ("schedule", {"schedule": "step"}),
     "cosine_ramp": ("schedule", {"schedule": "cosine"}),
     "ramp_1": ("final phase", {"ramp_epochs": 1}),
     "ramp_4": ("final phase", {"ramp_epochs": 4}),
@@ -53,7 +55,7 @@ ARMS: dict[str, tuple[str, dict]] = {
     "lr_reset": ("lr policy", {"lr_schedule": "plateau"}),
     "lr_restart": ("lr policy", {"restarts": 1}),
     "deep_first": ("own idea", {"alpha_order": "deep_first"}),
-    "seeds_recipe": ("the seeds", {"init": "he", "schedule": "stages", "lr_schedule": "plateau"}),
+    "seeds_recipe": ("the seeds", {"init": "he", "schedule": "step", "lr_schedule": "plateau"}),
 }
 FACTOR_ARMS = [name for name, (factor, _) in ARMS.items() if factor not in ("reference", "the seeds")]
 
@@ -72,7 +74,7 @@ def changes_of(arm: str, extra: dict[str, dict] | None = None) -> dict:
 
 def recipe_of(arm: str, extra: dict[str, dict] | None = None) -> Recipe:
     """The recipe of a named arm (see :func:`changes_of`)."""
-    return replace(REFERENCE, **changes_of(arm, extra))
+    return REFERENCE.with_changes(**changes_of(arm, extra))
 
 
 @dataclass
@@ -81,8 +83,8 @@ class StudyConfig:
 
     fraction: float = 0.35  # parameter budget: fraction of the baseline's parameters
     epochs: int = 8  # epochs after the baseline, every arm
-    lr: float = 0.01  # peak (one-cycle) or initial learning rate
-    weight_decay: float = 5e-4
+    lr: float = Recipe().lr  # peak (one-cycle) or initial learning rate, every arm and the rival
+    weight_decay: float = Recipe().weight_decay
     bn_batches: int = 50  # batches of the BatchNorm re-estimation measured beside every arm
 
 
@@ -91,8 +93,8 @@ def _bn_recalibrated(model: nn.Module, loaders, batches: int) -> dict:
     model = copy.deepcopy(model)
     recalibrate_batchnorm(model, loaders[0], batches)
     folded = fold(model).eval()
-    return {"val_acc_bn": evaluate(model, loaders[1], "classification")["acc"],
-            "test_acc_bn": evaluate(folded, loaders[2], "classification")["acc"]}
+    return {"val_acc_bn": evaluate(model, loaders[1], CLASSIFICATION)["acc"],
+            "test_acc_bn": evaluate(folded, loaders[2], CLASSIFICATION)["acc"]}
 
 
 def run_one(arm: str, seed: int, baseline: nn.Module, loaders, input_shape, config: StudyConfig, *,
@@ -106,13 +108,11 @@ def run_one(arm: str, seed: int, baseline: nn.Module, loaders, input_shape, conf
                                    seed=seed, checkpoint_dir=checkpoint_dir, progress=progress)
         return {"arm": arm, "factor": "structured rival", "seed": seed, "changes": {}, **{
             k: metrics[k] for k in ("params", "macs", "epochs", "train_seconds", "val_acc", "test_acc")}}
-    recipe = recipe_of(arm, extra)
+    recipe = recipe_of(arm, extra).with_changes(lr=config.lr, weight_decay=config.weight_decay)
     recipe.check(config.epochs)
     start = time.perf_counter()
-    result = prune_and_fold(baseline, keep_ratio, loaders, recipe.schedule_for(config.epochs),
-                            recipe.prune_config(config.lr, config.weight_decay), task="classification",
-                            input_shape=input_shape, init=recipe.init, checkpoint_dir=checkpoint_dir,
-                            progress=progress)
+    result = prune_and_fold(baseline, keep_ratio, loaders, recipe=recipe, epochs=config.epochs, task=CLASSIFICATION,
+                            input_shape=input_shape, checkpoint_dir=checkpoint_dir, progress=progress)
     seconds = time.perf_counter() - start
     metrics = result.metrics
     return {"arm": arm, "factor": ARMS[arm][0] if arm in ARMS else "combined", "seed": seed,
@@ -139,25 +139,30 @@ def run_study(arms, seeds, baseline: nn.Module, make_loaders, input_shape, confi
         if arm != RIVAL:
             recipe_of(arm, extra).check(config.epochs)
     results_dir = Path(results_dir)
+    made_from = {seed: arm_identity(baseline, make_loaders(seed), config, seed) for seed in seeds}
     rows = []
     for arm in arms:
         changes = changes_of(arm, extra)
         for seed in seeds:
             path = results_dir / f"{arm}_s{seed}.json"
             if resume and path.is_file() and json.loads(path.read_text())["changes"] == changes:
-                rows.append(json.loads(path.read_text()))
+                row = json.loads(path.read_text())
+                check_resume(row.get("made_from"), made_from[seed], path)
+                rows.append(row)
                 continue
             twin = _same_recipe(arm, extra, results_dir, seed) if resume and arm in (extra or {}) else None
             if twin:
                 row = {**json.loads((results_dir / f"{twin}_s{seed}.json").read_text()), "arm": arm,
                        "factor": "combined", "changes": changes, "same_as": twin}
+                check_resume(row.get("made_from"), made_from[seed], results_dir / f"{twin}_s{seed}.json")
             else:
                 checkpoints = results_dir / "checkpoints" / f"{arm}_s{seed}"
                 checkpoint = checkpoints / f"{RIVAL}.pt" if arm == RIVAL else checkpoints
                 if not resume or arm not in ARMS and arm != RIVAL:  # a combination's recipe may change
-                    _forget(checkpoint)
+                    forget(checkpoint)
                 row = run_one(arm, seed, baseline, make_loaders(seed), input_shape, config, extra=extra,
                               checkpoint_dir=checkpoints if arm == RIVAL else checkpoint, progress=progress)
+                row["made_from"] = made_from[seed]
             atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(row, indent=2, default=float)))
             rows.append(row)
     return rows
@@ -167,14 +172,6 @@ def _same_recipe(arm: str, extra: dict, results_dir: Path, seed: int) -> str | N
     """The arm of :data:`ARMS` with ``arm``'s recipe whose result for ``seed`` is in ``results_dir``, if any."""
     recipe = recipe_of(arm, extra)
     return next((a for a in ARMS if recipe_of(a) == recipe and (results_dir / f"{a}_s{seed}.json").is_file()), None)
-
-
-def _forget(path: Path) -> None:
-    if path.is_dir():
-        for file in path.glob("stage_*.pt"):
-            file.unlink()
-    else:
-        path.unlink(missing_ok=True)
 
 
 def summarize_arms(rows: list[dict], metric: str = "val_acc", reference: str = "reference") -> list[dict]:

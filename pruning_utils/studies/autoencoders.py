@@ -10,15 +10,19 @@ from torch import nn
 from ..config import Profile, pick, resolve_path
 from ..engine.data import EMBEDDED, PhotoSplits, load_photos
 from ..engine.sizes import count_macs, count_parameters
+from ..engine.tasks import RECONSTRUCTION
 from ..engine.train import evaluate
 from ..harness.pretrained import autoencoder_baseline
 from ..method.branches import set_alpha
 from ..method.pipeline import PruningResult, prune_and_fold
-from ..method.pruning import PruneConfig, load_stage, stage_checkpoints
-from ..method.schedules import Stage
+from ..method.pruning import load_stage, stage_checkpoints
+from ..method.recipe import Recipe
 
 INPUT_SHAPE = (3, 128, 128)
 PARTS = ("encoder", "decoder", "both")
+# The autoencoder's recipe: the best one (pruning_utils.Recipe) with the optimiser its baseline trains with (Adam at
+# 1e-3, no weight decay) and the reconstruction loss (the task's own).
+RECIPE = Recipe(optimizer="adam", lr=1e-3, weight_decay=0.0)
 
 
 @dataclass
@@ -44,7 +48,7 @@ def setup(profile: Profile, photo_source=None, width=None, epochs=None, batch_si
         photos, width=pick(width, profile.ae_width), epochs=pick(epochs, profile.ae_epochs), batch_size=batch_size,
         crops_per_photo=crops, lr=pick(lr, profile.ae_lr), seed=seed, device=device, progress=progress)
     loaders = photos.loaders(batch_size, crops, device=device, seed=seed)
-    test = evaluate(baseline, loaders[2], "reconstruction")
+    test = evaluate(baseline, loaders[2], RECONSTRUCTION)
     metrics = {"val_loss": history[-1]["val_loss"], "val_psnr": history[-1]["val_psnr"], "test_loss": test["loss"],
                "test_psnr": test["psnr"], "params": count_parameters(baseline),
                "macs": count_macs(baseline, INPUT_SHAPE), "epochs": len(history),
@@ -53,16 +57,16 @@ def setup(profile: Profile, photo_source=None, width=None, epochs=None, batch_si
     return AutoencoderSetup(photos, loaders, baseline, metrics, sample, progress)
 
 
-def prune_part(ae: AutoencoderSetup, part: str, keep_ratio: float, schedule: list[Stage], config: PruneConfig,
-               init: str, checkpoint_dir: str | Path, resume: bool = True,
-               model: nn.Module | None = None) -> PruningResult:
-    """Prune the ``part`` ("encoder", "decoder" or "both") of ``model`` (default: the baseline) and fold it."""
+def prune_part(ae: AutoencoderSetup, part: str, *, keep_ratio: float, recipe: Recipe = RECIPE, epochs: int,
+               checkpoint_dir: str | Path, resume: bool = True, model: nn.Module | None = None) -> PruningResult:
+    """Prune the ``part`` ("encoder", "decoder" or "both") of ``model`` (default: the baseline) for ``epochs`` with
+    ``recipe`` and fold it; stage checkpoints go to ``checkpoint_dir / part``."""
     if part not in PARTS:
         raise ValueError(f"part must be one of {PARTS}, got {part!r}")
-    return prune_and_fold(model if model is not None else ae.baseline, keep_ratio, ae.loaders, schedule, config,
-                          task="reconstruction", input_shape=INPUT_SHAPE, include=None if part == "both" else [part],
-                          init=init, checkpoint_dir=Path(checkpoint_dir) / part, resume=resume, progress=ae.progress)
-
+    return prune_and_fold(model if model is not None else ae.baseline, keep_ratio, ae.loaders, recipe=recipe,
+                          epochs=epochs, task=RECONSTRUCTION, input_shape=INPUT_SHAPE,
+                          include=None if part == "both" else [part], checkpoint_dir=Path(checkpoint_dir) / part,
+                          resume=resume, progress=ae.progress)
 
 
 @torch.inference_mode()

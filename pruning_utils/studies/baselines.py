@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ..config import show_progress
 from ..engine.models import init_weights
 from ..engine.sizes import count_parameters
-from ..engine.tasks import supervised_loss
+from ..engine.tasks import get_task
 from ..engine.train import make_optimizer, make_scheduler, train_epoch
 from ..method.branches import LINEAR_TYPES, kept_channels, out_channels, prunable_units
 from ..method.budget import pruned_and_folded
@@ -87,7 +87,7 @@ def magnitude_prune(model: nn.Module, train_loader, target_params: int, epochs: 
     keeps = magnitude_rounds(pruned, target_params, rate)
     weights = prunable_weights(pruned)
     total_steps = epochs * len(train_loader) if epochs else 0
-    loss_fn = supervised_loss(task)
+    loss_fn = get_task(task).supervised_loss()
     remaining = sum(getattr(m, n).numel() for m, n in weights)
     for index, keep in enumerate(tqdm(keeps, desc="magnitude rounds", disable=not show_progress(progress))):
         torch_prune.global_unstructured(weights, pruning_method=torch_prune.L1Unstructured, amount=remaining - keep)

@@ -67,7 +67,7 @@ def original_model(kind: str, width: float = 1.0, checkpoint: str | Path | None 
     if kind not in MODELS:
         raise ValueError(f"unknown model {kind!r}; choose from {sorted(MODELS)}")
     saved = load_checkpoint(checkpoint) if checkpoint else {}
-    meta = saved.get("meta", {})
+    meta = saved.get("settings", {})  # the settings fit() stores: model, width, classifier, ...
     if meta.get("model", kind) != kind or meta.get("width", width) != width:
         raise ValueError(f"{checkpoint} holds a {meta.get('model', kind)} of width {meta.get('width')}, "
                          f"not a {kind} of width {width}: pass that model and width")

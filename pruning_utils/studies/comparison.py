@@ -26,8 +26,10 @@ import torch
 from torch import nn
 
 from ..engine.checkpoints import atomic_write
+from ..engine.identity import fingerprint, loader_fingerprint
 from ..engine.sizes import count_macs, count_parameters
-from ..engine.train import evaluate, fit
+from ..engine.tasks import CLASSIFICATION
+from ..engine.train import check_resume, evaluate, fit
 from ..method.budget import keep_ratio_for_fraction, pruned_and_folded
 from ..method.pipeline import prune_and_fold
 from ..method.recipe import Recipe
@@ -44,9 +46,9 @@ class ComparisonConfig:
 
     epochs: int = 8  # training epochs after the baseline, for every method that starts from it
     scratch_epochs: int = 23  # from-scratch arms: the baseline's epochs plus ``epochs``
-    lr: float = 0.01  # peak (one-cycle) learning rate after the baseline
+    lr: float = Recipe().lr  # peak (one-cycle) learning rate after the baseline, every method (the recipe's too)
     scratch_lr: float = 0.05  # peak learning rate from scratch (the baseline's)
-    weight_decay: float = 5e-4
+    weight_decay: float = Recipe().weight_decay  # every method's (the recipe's too)
     recipe: Recipe = field(default_factory=Recipe)  # branches: how the method runs (teacher: the baseline)
     magnitude_rate: float = 0.2  # magnitude pruning: fraction of the remaining weights zeroed per round
     autopruner_epochs: int = 3  # AutoPruner: search epochs; the rest of ``epochs`` fine-tunes
@@ -58,10 +60,15 @@ class ComparisonConfig:
         if self.epochs < 1 or self.scratch_epochs < 1:
             raise ValueError(f"epochs and scratch_epochs must be at least 1, got {self.epochs} and "
                              f"{self.scratch_epochs}")
-        self.recipe.check(self.epochs)
+        self.branch_recipe().check(self.epochs)
         if not 0 < self.autopruner_epochs < self.epochs:
             raise ValueError(f"autopruner_epochs must leave fine-tuning epochs: in [1, {self.epochs - 1}], "
                              f"got {self.autopruner_epochs}")
+
+
+    def branch_recipe(self) -> Recipe:
+        """The branches' recipe under this protocol: its learning rate and weight decay are the protocol's."""
+        return self.recipe.with_changes(lr=self.lr, weight_decay=self.weight_decay)
 
 
 def check_methods(methods) -> list[str]:
@@ -74,72 +81,91 @@ def check_methods(methods) -> list[str]:
     return [m for m in METHODS if m in methods]
 
 
+@dataclass
+class Arm:
+    """What every method's arm gets: the baseline, the budget, the data and the protocol."""
+
+    baseline: nn.Module
+    keep_ratio: float
+    target_params: int  # the folded parallel-branch network's parameters at ``keep_ratio``
+    loaders: tuple
+    input_shape: tuple[int, ...]
+    config: ComparisonConfig
+    checkpoint_dir: Path | None = None
+    found: dict | None = None  # the autopruner arm's metrics, for ``autopruner_scratch``
+    seed: int = 0
+    progress: bool = True
+
+    def checkpoint(self, name: str) -> Path | None:
+        return self.checkpoint_dir / name if self.checkpoint_dir else None
+
+
 def _scores(model: nn.Module, loaders) -> dict:
     _, val_loader, test_loader = loaders
-    val, test = evaluate(model, val_loader, "classification"), evaluate(model, test_loader, "classification")
+    val, test = evaluate(model, val_loader, CLASSIFICATION), evaluate(model, test_loader, CLASSIFICATION)
     return {"val_loss": val["loss"], "val_acc": val["acc"], "test_loss": test["loss"], "test_acc": test["acc"]}
 
 
-def _fine_tune(model: nn.Module, loaders, epochs: int, lr: float, config: ComparisonConfig, progress: bool,
-               checkpoint: Path | None = None) -> int:
+def _fine_tune(model: nn.Module, arm: Arm, *, epochs: int, lr: float, checkpoint: Path | None = None) -> int:
     """One-cycle SGD for ``epochs``; with ``checkpoint``, resumable epoch by epoch."""
-    fit(model, loaders[0], loaders[1], task="classification", epochs=epochs, lr=lr, weight_decay=config.weight_decay,
-        scheduler="onecycle", checkpoint=checkpoint, progress=progress)
+    fit(model, arm.loaders[0], arm.loaders[1], task=CLASSIFICATION, epochs=epochs, lr=lr,
+        weight_decay=arm.config.weight_decay, scheduler="onecycle", checkpoint=checkpoint, progress=arm.progress)
     return epochs
 
 
-def _branches(baseline, keep_ratio, target, loaders, input_shape, config, checkpoint_dir, found, seed, progress):
-    recipe = config.recipe
-    result = prune_and_fold(baseline, keep_ratio, loaders, recipe.schedule_for(config.epochs),
-                            recipe.prune_config(config.lr, config.weight_decay), task="classification",
-                            input_shape=input_shape, init=recipe.init, teacher=baseline,
-                            checkpoint_dir=checkpoint_dir / "branches" if checkpoint_dir else None, progress=progress)
+def _branches(arm: Arm):
+    result = prune_and_fold(arm.baseline, arm.keep_ratio, arm.loaders, recipe=arm.config.branch_recipe(),
+                            epochs=arm.config.epochs, task=CLASSIFICATION, input_shape=arm.input_shape,
+                            checkpoint_dir=arm.checkpoint("branches"), progress=arm.progress)
     return result.folded, result.metrics["epochs"], {
         "fold_relative_max_difference": result.metrics["fold_relative_max_difference"]}
 
 
-def _torch_pruning(baseline, keep_ratio, target, loaders, input_shape, config, checkpoint_dir, found, seed, progress):
-    model = baselines.torch_pruning_l1(baseline, keep_ratio, input_shape)
-    checkpoint = checkpoint_dir / "torch_pruning_l1.pt" if checkpoint_dir else None
-    return model, _fine_tune(model, loaders, config.epochs, config.lr, config, progress, checkpoint), {}
+def _torch_pruning(arm: Arm):
+    model = baselines.torch_pruning_l1(arm.baseline, arm.keep_ratio, arm.input_shape)
+    epochs = _fine_tune(model, arm, epochs=arm.config.epochs, lr=arm.config.lr,
+                        checkpoint=arm.checkpoint("torch_pruning_l1.pt"))
+    return model, epochs, {}
 
 
 def _magnitude(retraining: str):
-    def arm(baseline, keep_ratio, target, loaders, input_shape, config, checkpoint_dir, found, seed, progress):
-        model = baselines.magnitude_prune(baseline, loaders[0], target, config.epochs, lr=config.lr,
-                                          retraining=retraining, rate=config.magnitude_rate,
-                                          weight_decay=config.weight_decay, progress=progress)
-        rounds = len(baselines.magnitude_rounds(baseline, target, config.magnitude_rate))
+    def run(arm: Arm):
+        config = arm.config
+        model = baselines.magnitude_prune(arm.baseline, arm.loaders[0], arm.target_params, config.epochs,
+                                          lr=config.lr, retraining=retraining, rate=config.magnitude_rate,
+                                          weight_decay=config.weight_decay, progress=arm.progress)
+        rounds = len(baselines.magnitude_rounds(arm.baseline, arm.target_params, config.magnitude_rate))
         return model, config.epochs, {"rounds": rounds}
-    return arm
+    return run
 
 
-def _autopruner(baseline, keep_ratio, target, loaders, input_shape, config, checkpoint_dir, found, seed, progress):
+def _autopruner(arm: Arm):
+    config = arm.config
     searched, scores = baselines.autopruner_search(
-        baseline, loaders[0], keep_ratio, config.autopruner_epochs, lr=config.lr, mu=config.autopruner_mu,
+        arm.baseline, arm.loaders[0], arm.keep_ratio, config.autopruner_epochs, lr=config.lr, mu=config.autopruner_mu,
         lambda_every=config.autopruner_lambda_every, max_scale=config.autopruner_max_scale,
-        weight_decay=config.weight_decay, progress=progress)
-    selection = baselines.autopruner_selection(baseline, scores, target)
-    model = baselines.remove_channels(searched, selection["keep"], input_shape)
-    tuned = _fine_tune(model, loaders, config.epochs - config.autopruner_epochs, config.lr, config, progress)
+        weight_decay=config.weight_decay, progress=arm.progress)
+    selection = baselines.autopruner_selection(arm.baseline, scores, arm.target_params)
+    model = baselines.remove_channels(searched, selection["keep"], arm.input_shape)
+    tuned = _fine_tune(model, arm, epochs=config.epochs - config.autopruner_epochs, lr=config.lr)
     return model, config.autopruner_epochs + tuned, {"selected_above_half": selection["selected_above_half"],
                                                      "widths": selection["widths"]}
 
 
 def _from_scratch(method: str):
-    def arm(baseline, keep_ratio, target, loaders, input_shape, config, checkpoint_dir, found, seed, progress):
+    def run(arm: Arm):
         if method == "scratch":
-            shape = baselines.torch_pruning_l1(baseline, keep_ratio, input_shape)
-        elif not found or "widths" not in found:
+            shape = baselines.torch_pruning_l1(arm.baseline, arm.keep_ratio, arm.input_shape)
+        elif not arm.found or "widths" not in arm.found:
             raise ValueError("autopruner_scratch needs the widths of the autopruner arm at the same budget")
         else:
-            shape = baselines.remove_channels(baseline, {n: torch.arange(k) for n, k in found["widths"].items()},
-                                              input_shape)
-        model = baselines.reinitialise(shape, seed)
-        checkpoint = checkpoint_dir / f"{method}.pt" if checkpoint_dir else None
-        return model, _fine_tune(model, loaders, config.scratch_epochs, config.scratch_lr, config, progress,
-                                 checkpoint), {}
-    return arm
+            shape = baselines.remove_channels(arm.baseline, {n: torch.arange(k) for n, k in arm.found["widths"].items()},
+                                              arm.input_shape)
+        model = baselines.reinitialise(shape, arm.seed)
+        epochs = _fine_tune(model, arm, epochs=arm.config.scratch_epochs, lr=arm.config.scratch_lr,
+                            checkpoint=arm.checkpoint(f"{method}.pt"))
+        return model, epochs, {}
+    return run
 
 
 ARMS = {"branches": _branches, "torch_pruning_l1": _torch_pruning, "magnitude_finetune": _magnitude("finetune"),
@@ -159,9 +185,10 @@ def run_arm(method: str, baseline: nn.Module, keep_ratio: float, loaders, input_
     if method not in ARMS:
         raise ValueError(f"unknown method {method!r}; choose from {list(METHODS)}")
     target = count_parameters(pruned_and_folded(baseline, keep_ratio))
+    arm = Arm(baseline, keep_ratio, target, loaders, tuple(input_shape), config,
+              Path(checkpoint_dir) if checkpoint_dir else None, found, seed, progress)
     start = time.perf_counter()
-    model, epochs, extra = ARMS[method](baseline, keep_ratio, target, loaders, input_shape, config,
-                                        Path(checkpoint_dir) if checkpoint_dir else None, found, seed, progress)
+    model, epochs, extra = ARMS[method](arm)
     seconds = time.perf_counter() - start
     params = baselines.nonzero_parameters(model) if method.startswith("magnitude") else count_parameters(model)
     metrics = {"method": method, "keep_ratio": keep_ratio, "target_params": target, "params": params,
@@ -175,10 +202,13 @@ def compare(baseline: nn.Module, loaders, input_shape, fractions, methods=METHOD
             progress: bool = True) -> list[dict]:
     """Run every method at every parameter fraction (e.g. 0.35, 0.12) from ``baseline``; return one row each.
 
-    Each arm's row is written to ``results_dir/<fraction>_<method>.json`` when it ends; with ``resume``
-    an arm whose file exists is read, not rerun, and an interrupted arm continues from its checkpoints
-    (``results_dir/<fraction>_checkpoints``); without it every arm starts afresh. Rows carry ``fraction`` and
-    ``param_fraction`` (of the baseline's parameters) beside the metrics of :func:`run_arm`.
+    Each arm's row is written to ``results_dir/<fraction>_<method>.json`` when it ends, with what it was made from
+    (the baseline's and the data's fingerprints, the seed, the protocol); with ``resume`` an arm whose file exists
+    is read, not rerun, after checking that it was made from the same
+    (:class:`~pruning_utils.engine.train.ResumeMismatchError` otherwise), and
+    an interrupted arm continues from its checkpoints (``results_dir/<fraction>_checkpoints``); without it every
+    arm starts afresh. Rows carry ``fraction`` and ``param_fraction`` (of the baseline's parameters) beside the
+    metrics of :func:`run_arm`.
     """
     config = config or ComparisonConfig()
     config.validate()
@@ -188,6 +218,7 @@ def compare(baseline: nn.Module, loaders, input_shape, fractions, methods=METHOD
             raise ValueError(f"parameter fractions must be in (0, 1), got {fraction}")
     results_dir = Path(results_dir)
     total = count_parameters(baseline)
+    made_from = arm_identity(baseline, loaders, config, seed)
     rows = []
     for fraction in fractions:
         keep_ratio = keep_ratio_for_fraction(baseline, fraction)
@@ -197,19 +228,35 @@ def compare(baseline: nn.Module, loaders, input_shape, fractions, methods=METHOD
             path = results_dir / f"{fraction:g}_{method}.json"
             if resume and path.is_file():
                 row = json.loads(path.read_text())
+                check_resume(row.get("made_from"), made_from, path)
             else:
                 if not resume:  # start the arm afresh: forget its epoch and stage checkpoints
-                    shutil.rmtree(checkpoints / method, ignore_errors=True)
-                    (checkpoints / f"{method}.pt").unlink(missing_ok=True)
+                    forget(checkpoints / method, checkpoints / f"{method}.pt")
                 torch.manual_seed(seed)
                 _, metrics = run_arm(method, copy.deepcopy(baseline), keep_ratio, loaders, input_shape, config,
                                      found=found, seed=seed, progress=progress, checkpoint_dir=checkpoints)
-                row = {"fraction": fraction, "param_fraction": metrics["params"] / total, **metrics,
-                       "config": asdict(config)}
-                atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(row, indent=2, default=float)))
+                text = json.dumps({"fraction": fraction, "param_fraction": metrics["params"] / total, **metrics,
+                                   "config": asdict(config), "made_from": made_from}, indent=2, default=float)
+                atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+                row = json.loads(text)  # as a resumed run reads it
             found = row if method == "autopruner" else found
             rows.append(row)
     return rows
+
+
+def arm_identity(baseline: nn.Module, loaders, config, seed: int) -> dict:
+    """What an arm's result depends on beyond its method and budget: baseline, data, protocol and seed."""
+    return {"baseline": fingerprint(baseline), "data": [loader_fingerprint(loader) for loader in loaders],
+            "seed": seed, "config": asdict(config)}
+
+
+def forget(*paths: Path) -> None:
+    """Delete these checkpoint files or folders (an arm started afresh)."""
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def zeros_speed(baseline: nn.Module, fractions, input_shape, batch_sizes=(1, 32), *, threads: int | None = None,
