@@ -34,14 +34,14 @@ SHAPE_QUERIES = {"size", "dim"}
 POOLING_TYPES = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
                  nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
 ONE_D_TYPES = (nn.BatchNorm1d, nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d, nn.Dropout1d)
-# post-ops that fail at forward after a unit of that layer type, and why
-MISFIT_POST_OPS = {
-    nn.Linear: (POOLING_TYPES + (nn.Upsample, nn.BatchNorm2d),
-                "pools, resizes or normalises across a Linear's output features, so a branch with fewer features "
-                "would not match its expansion"),
-    nn.Conv2d: (ONE_D_TYPES, "is a 1-d operation and does not apply to a convolution's N x C x H x W output"),
-    nn.ConvTranspose2d: (ONE_D_TYPES, "is a 1-d operation and does not apply to a convolution's N x C x H x W output"),
-}
+# post-ops that fail at forward after a unit of these layer types, and why
+MISFIT_POST_OPS = (
+    ((nn.Linear,), POOLING_TYPES + (nn.Upsample, nn.BatchNorm2d),
+     "pools, resizes or normalises across a Linear's output features, so a branch with fewer features would not "
+     "match its expansion"),
+    ((nn.Conv2d, nn.ConvTranspose2d), ONE_D_TYPES,
+     "is a 1-d operation and does not apply to a convolution's N x C x H x W output"),
+)
 INITS = ("he", "l1")
 
 
@@ -356,7 +356,7 @@ def check_keep_ratio(value, where: str = "") -> float:
 
 def _check_post_ops(model: nn.Module, unit: Unit) -> None:
     layer = model.get_submodule(unit.name)
-    misfits, reason = next(v for kind, v in MISFIT_POST_OPS.items() if isinstance(layer, kind))
+    misfits, reason = next((ops, why) for kinds, ops, why in MISFIT_POST_OPS if isinstance(layer, kinds))
     for name in unit.post_ops:
         op = model.get_submodule(name)
         if isinstance(op, misfits):
