@@ -1,5 +1,6 @@
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -199,3 +200,74 @@ def test_compiled_training_step_keeps_one_graph_per_path_while_alpha_moves():
     pu.set_alpha(model, 0.4)
     with torch.no_grad():
         assert torch.allclose(compiled(x), model(x), atol=1e-6)
+
+
+class ShapeFlatten(nn.Module):
+    """Conv -> ReLU -> a view sized by a shape query -> Linear -> Linear."""
+
+    def __init__(self, flatten):
+        super().__init__()
+        self.conv, self.relu, self.pool = nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)
+        self.fc, self.head = nn.Linear(8 * 4 * 4, 6), nn.Linear(6, 3)
+        self.flatten = flatten
+
+    def forward(self, x):
+        return self.head(self.fc(self.flatten(self.pool(self.relu(self.conv(x))))))
+
+
+@pytest.mark.parametrize("flatten", [lambda x: x.view(x.size(0), -1), lambda x: x.view(x.shape[0], -1),
+                                     lambda x: x.reshape(x.shape[0], x.shape[1] * x.shape[2] * x.size(3)),
+                                     lambda x: x.flatten(x.dim() - 3)],
+                         ids=["size", "shape", "shape-arithmetic", "dim"])
+def test_shape_queries_are_not_consumers_and_fold_exactly(flatten):
+    model = pu.attach_branches(ShapeFlatten(flatten), 0.5)
+    assert set(branches.branched_units(model)) == {"conv", "fc"}
+    for unit in branches.branched_units(model).values():
+        unit.expand.weight.data.normal_()
+    pu.set_alpha(model, 0.0)
+    model.eval()
+    x = torch.randn(2, 3, 8, 8)
+    folded = pu.fold(model).eval()
+    assert torch.allclose(folded(x), model(x), atol=1e-5)
+    assert folded.conv.out_channels == 4
+
+
+@pytest.mark.parametrize("layers, name", [
+    ([nn.Linear(6, 8), nn.MaxPool1d(2), nn.Linear(4, 3)], r"'1' \(MaxPool1d\) after unit '0' \(Linear\)"),
+    ([nn.Linear(6, 8), nn.ReLU(), nn.AdaptiveAvgPool1d(4), nn.Linear(4, 3)], r"'2' \(AdaptiveAvgPool1d\)"),
+    ([nn.Conv2d(3, 8, 1), nn.BatchNorm1d(8), nn.Flatten(), nn.Linear(8, 3)], r"'1' \(BatchNorm1d\) after unit '0'"),
+    ([nn.ConvTranspose2d(3, 8, 1), nn.Dropout1d(), nn.Flatten(), nn.Linear(8, 3)], r"'1' \(Dropout1d\)"),
+])
+def test_post_ops_that_do_not_fit_the_layer_are_refused(layers, name):
+    with pytest.raises(branches.UnsupportedModelError, match=name):
+        pu.attach_branches(nn.Sequential(*layers), 0.5)
+
+
+def test_post_ops_that_fit_are_still_accepted():
+    linear = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Dropout1d(), nn.Linear(8, 3))
+    conv = nn.Sequential(nn.Conv2d(3, 8, 1), nn.AdaptiveAvgPool2d(1), nn.Upsample(scale_factor=2), nn.Flatten(),
+                         nn.Linear(32, 3))
+    for model, x in ((linear, torch.randn(4, 6)), (conv, torch.randn(4, 3, 5, 5))):
+        pu.attach_branches(model, 0.5)
+        pu.set_alpha(model, 0.5)
+        assert model(x).shape == (4, 3)
+
+
+@pytest.mark.parametrize("ratio", [np.float32(0.5), np.float64(0.5), torch.tensor(0.5), np.array(0.5), 0.5])
+def test_keep_ratio_accepts_any_real_scalar(ratio):
+    assert branches.check_keep_ratio(ratio) == 0.5 and branches.check_keep_ratio(np.int64(1)) == 1.0
+    model = pu.attach_branches(models.vgg16(width=0.125), ratio)
+    assert branches.branched_units(model)["features.0"].kept == 4
+
+
+@pytest.mark.parametrize("ratio", [float("nan"), np.float32("nan"), np.bool_(True), torch.tensor(True), "0.5",
+                                   torch.tensor([0.5]), 0.0, -1, 1.01, None])
+def test_check_keep_ratio_refuses_non_ratios(ratio):
+    with pytest.raises(ValueError, match=r"keep ratio for 'x' must be in \(0, 1\]"):
+        branches.check_keep_ratio(ratio, "for 'x'")
+
+
+def test_bench_uses_the_shared_keep_ratio_check():
+    from pruning_utils.studies import bench
+
+    assert bench.check_keep_ratio is branches.check_keep_ratio

@@ -1,3 +1,6 @@
+import os
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -125,3 +128,90 @@ def test_train_subset_is_seeded_and_keeps_the_full_normalisation():
     assert torch.equal(a.mean, full.mean) and torch.equal(a.std, full.std) and len(val.images) == len(images.y_val)
     with pytest.raises(ValueError, match="train_size"):
         images.loaders(32, train_size=len(images.y_train) + 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Nothing silent: CIFAR batch files, labels, class folders
+# --------------------------------------------------------------------------------------------
+def _cifar_batches(folder, n=4, labels=None, data_key=b"data"):
+    """A folder in torchvision's CIFAR-10 format: pickled dicts with N x 3072 uint8 data and a label list."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {data_key: rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 "labels": list(range(n)) if labels is None else labels, "batch_label": name}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    return folder
+
+
+class _Payload:
+    """Unpickling this creates ``marker``: what a crafted data file could do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+@pytest.mark.parametrize("data_key", [b"data", "data"])
+def test_cifar_batch_folder_loads(tmp_path, data_key):
+    folder = _cifar_batches(tmp_path / "cifar-10-batches-py", data_key=data_key)
+    splits = data.load_classification(tmp_path, val_size=2)
+    assert splits.x_train.shape == (20, 3, 32, 32) and splits.y_train.tolist() == [0, 1, 2, 3] * 5
+    raw = pickle.loads((folder / "data_batch_1").read_bytes())[data_key]
+    assert torch.equal(splits.x_train[0], torch.from_numpy(raw[0].reshape(3, 32, 32)))
+
+
+def test_crafted_cifar_batch_is_refused_without_running_code(tmp_path):
+    folder = _cifar_batches(tmp_path / "cifar-10-batches-py")
+    marker = tmp_path / "pwned"
+    (folder / "data_batch_3").write_bytes(pickle.dumps({"data": _Payload(marker), "labels": []}))
+    with pytest.raises(pickle.UnpicklingError, match=r"data_batch_3.*posix\.mkdir|data_batch_3.*os\.mkdir"):
+        data.load_classification(tmp_path)
+    assert not marker.exists()
+
+
+def _npz(path, **override):
+    arrays = dict(x_train=np.zeros((6, 32, 32, 3), np.uint8), y_train=np.arange(6) % 3,
+                  x_test=np.zeros((4, 32, 32, 3), np.uint8), y_test=np.arange(4) % 3)
+    np.savez(path, **{**arrays, **override})
+    return path
+
+
+@pytest.mark.parametrize("override, message", [
+    (dict(y_train=np.array([0, 1, 2, 3, 4, 10])), r"y_train: labels must lie in 0\.\.9"),
+    (dict(y_test=np.array([0, -1, 2, 3])), r"y_test: labels must lie in 0\.\.9"),
+    (dict(y_train=np.linspace(0, 1, 6)), r"y_train: labels must be integer.*float64"),
+    (dict(y_train=np.arange(5)), r"y_train: 5 labels for 6 images"),
+    (dict(y_test=np.zeros((2, 2), np.int64)), r"y_test: labels must be a vector.*\(2, 2\)"),
+    (dict(x_test=np.zeros((4, 32, 32), np.uint8)), r"x_test: expected uint8 images"),
+    (dict(y_train=np.arange(6) % 3, class_names=np.array(["a", "b"])), r"y_train: labels must lie in 0\.\.1"),
+])
+def test_bad_npz_labels_are_refused_naming_the_array(tmp_path, override, message):
+    with pytest.raises(ValueError, match=message):
+        data.load_classification(_npz(tmp_path / "d.npz", **override), val_size=2)
+
+
+def test_n_by_1_labels_are_flattened(tmp_path):
+    splits = data.load_classification(_npz(tmp_path / "d.npz", y_train=(np.arange(6) % 3)[:, None]), val_size=2)
+    assert splits.y_train.tolist() == [0, 1, 2, 0, 1, 2]
+
+
+def test_bad_cifar_batch_labels_name_the_file(tmp_path):
+    _cifar_batches(tmp_path / "cifar-10-batches-py", labels=[0, 1, 2, 12])
+    with pytest.raises(ValueError, match=r"data_batch_1: labels must lie in 0\.\.9"):
+        data.load_classification(tmp_path)
+
+
+def test_image_folder_class_without_images_is_refused(tmp_path):
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / split / cls / "0.png")
+    (tmp_path / "test" / "dog" / "0.png").rename(tmp_path / "test" / "dog" / "0.txt")
+    with pytest.raises(data.DataUnavailableError, match=r"test/dog holds no images"):
+        data.load_classification(tmp_path)
+    (tmp_path / "test" / "bird").mkdir()
+    with pytest.raises(ValueError, match=r"class folders \['bird'\]"):
+        data.load_classification(tmp_path)

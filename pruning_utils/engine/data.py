@@ -143,10 +143,28 @@ def _read_classification_source(path: Path, download: bool):
     raise _missing_cifar_error(str(path))
 
 
-def _nhwc_to_tensor(x: np.ndarray) -> torch.Tensor:
+def _nhwc_to_tensor(x: np.ndarray, where: str) -> torch.Tensor:
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:
-        raise ValueError(f"expected uint8 images of shape N x H x W x 3, got {x.dtype} {x.shape}")
+        raise ValueError(f"{where}: expected uint8 images of shape N x H x W x 3, got {x.dtype} {x.shape}")
     return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def _checked_labels(y, count: int, num_classes: int, where: str) -> torch.Tensor:
+    """``y`` as int64 class indices after checking them against ``count`` images and ``num_classes``."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise ValueError(f"{where}: labels must be a vector of N class indices (or N x 1), got shape {y.shape}")
+    if y.dtype == bool or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{where}: labels must be integer class indices, got dtype {y.dtype}; "
+                         f"store them as integers (e.g. y.astype(np.int64) if they are whole numbers)")
+    if len(y) != count:
+        raise ValueError(f"{where}: {len(y)} labels for {count} images; every image needs exactly one label")
+    if len(y) and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"{where}: labels must lie in 0..{num_classes - 1} ({num_classes} classes), found "
+                         f"{y.min()}..{y.max()}; give the class names (e.g. a class_names array) for more classes")
+    return torch.from_numpy(y.astype(np.int64))
 
 
 def _from_npz(path: Path):
@@ -155,19 +173,57 @@ def _from_npz(path: Path):
         if missing:
             raise ValueError(f"{path} lacks the arrays {sorted(missing)}; it needs x_train, y_train, x_test, y_test")
         classes = [str(c) for c in npz["class_names"]] if "class_names" in npz.files else CIFAR10_CLASSES
-        return (_nhwc_to_tensor(npz["x_train"]), torch.from_numpy(npz["y_train"].astype(np.int64)),
-                _nhwc_to_tensor(npz["x_test"]), torch.from_numpy(npz["y_test"].astype(np.int64)), classes)
+        out = []
+        for split in ("train", "test"):
+            x = _nhwc_to_tensor(npz[f"x_{split}"], f"{path} x_{split}")
+            out += [x, _checked_labels(npz[f"y_{split}"], len(x), len(classes), f"{path} y_{split}")]
+        return (*out, classes)
+
+
+# the batches hold dicts, lists, strings and numpy arrays, nothing else
+_CIFAR_PICKLE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),  # pickle protocol 5
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("_codecs", "encode"),  # bytes in protocol-2 pickles written by Python 3
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles a CIFAR batch file, refusing any global beyond :data:`_CIFAR_PICKLE_GLOBALS`."""
+
+    def __init__(self, fh, path: Path):
+        super().__init__(fh, encoding="latin1")
+        self.path = path
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _CIFAR_PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"{self.path} is not a CIFAR-10 batch file: it asks for {module}.{name}, which a batch never "
+                f"holds (a pickle can run code, so it was refused); replace the folder with the original batches")
+        return super().find_class(module, name)
+
+
+def _batch_field(batch, key: str, path: Path):
+    if not isinstance(batch, dict) or not ({key, key.encode()} & set(batch)):
+        raise ValueError(f"{path} is not a CIFAR-10 batch file: expected a dict with 'data' and 'labels'")
+    return batch[key] if key in batch else batch[key.encode()]
 
 
 def _from_cifar_batches(folder: Path):
     def read(names):
         xs, ys = [], []
         for name in names:
-            with open(folder / name, "rb") as fh:
-                batch = pickle.load(fh, encoding="latin1")  # torchvision's own format is a pickle
-            xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            ys.append(np.asarray(batch["labels"], dtype=np.int64))
-        return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+            path = folder / name
+            with open(path, "rb") as fh:  # torchvision's CIFAR10 unpickles without restriction, so not used here
+                batch = _CifarUnpickler(fh, path).load()
+            x = np.asarray(_batch_field(batch, "data", path))
+            if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3 * 32 * 32:
+                raise ValueError(f"{path}: expected 'data' as uint8 N x 3072 (3 x 32 x 32 rows), got {x.dtype} "
+                                 f"{x.shape}")
+            xs.append(x.reshape(-1, 3, 32, 32))
+            ys.append(_checked_labels(_batch_field(batch, "labels", path), len(x), len(CIFAR10_CLASSES), str(path)))
+        return torch.from_numpy(np.concatenate(xs)), torch.cat(ys)
 
     x_tr, y_tr = read([f"data_batch_{i}" for i in range(1, 6)])
     x_te, y_te = read(["test_batch"])
@@ -178,14 +234,20 @@ def _from_image_folder(root: Path, size: int = 32):
     classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
     if not classes:
         raise DataUnavailableError(f"{root / 'train'} has no class folders; expected train/<class>/*.png")
+    extra = sorted({p.name for p in (root / "test").iterdir() if p.is_dir()} - set(classes))
+    if extra:
+        raise ValueError(f"{root / 'test'} has class folders {extra} that {root / 'train'} lacks; "
+                         f"both need the same classes")
 
     def read(split):
         xs, ys = [], []
         for label, name in enumerate(classes):
-            for file in sorted((root / split / name).glob("*")):
-                if file.suffix.lower() in IMAGE_SUFFIXES:
-                    xs.append(_read_rgb(file, resize=(size, size)))
-                    ys.append(label)
+            files = [f for f in sorted((root / split / name).glob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
+            if not files:
+                raise DataUnavailableError(f"{root / split / name} holds no images; every class needs images "
+                                           f"({', '.join(sorted(IMAGE_SUFFIXES))}) in both train/ and test/")
+            xs += [_read_rgb(file, resize=(size, size)) for file in files]
+            ys += [label] * len(files)
         return torch.stack(xs), torch.tensor(ys, dtype=torch.int64)
 
     return (*read("train"), *read("test"), classes)

@@ -41,13 +41,16 @@ def run_notebook(notebook: Path, output: Path, parameters: dict | None = None, l
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="quick", help="run profile passed to every notebook (default: quick)")
-    parser.add_argument("--only", nargs="*", default=None, help="notebook number prefixes to run, e.g. 01 02")
+    parser.add_argument("--only", nargs="*", default=None, help="notebook name prefixes to run, e.g. 01 02")
     parser.add_argument("--out", type=Path, default=RUNS_DIR, help=f"folder for executed copies (default: {RUNS_DIR})")
     parser.add_argument("--progress", action="store_true", help="keep the notebooks' progress bars on")
     args = parser.parse_args(argv)
-    notebooks = [p for p in numbered_notebooks() if not args.only or p.name[:2] in args.only]
-    if not notebooks:
-        parser.error(f"no numbered notebook matches {args.only} in {NOTEBOOKS_DIR}")
+    available = numbered_notebooks()
+    unmatched = [prefix for prefix in args.only or [] if not any(p.name.startswith(prefix) for p in available)]
+    notebooks = [p for p in available if p.name.startswith(tuple(args.only or [""]))]
+    if unmatched or not notebooks:
+        parser.error(f"no numbered notebook in {NOTEBOOKS_DIR} matches {unmatched or args.only}; "
+                     f"available: {', '.join(p.name for p in available) or 'none'}")
     total = time.perf_counter()
     for notebook in notebooks:
         start = time.perf_counter()

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Mapping
 
+import numpy as np
 import torch
 import torch.fx
 from torch import nn
@@ -29,6 +31,17 @@ RESHAPE_TYPES = (nn.Flatten,)
 RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape}
 RESHAPE_METHODS = {"flatten", "view", "reshape", "contiguous"}
 SHAPE_QUERIES = {"size", "dim"}
+POOLING_TYPES = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+                 nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
+ONE_D_TYPES = (nn.BatchNorm1d, nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d, nn.Dropout1d)
+# post-ops that fail at forward after a unit of these layer types, and why
+MISFIT_POST_OPS = (
+    ((nn.Linear,), POOLING_TYPES + (nn.Upsample, nn.BatchNorm2d),
+     "pools, resizes or normalises across a Linear's output features, so a branch with fewer features would not "
+     "match its expansion"),
+    ((nn.Conv2d, nn.ConvTranspose2d), ONE_D_TYPES,
+     "is a 1-d operation and does not apply to a convolution's N x C x H x W output"),
+)
 INITS = ("he", "l1")
 
 
@@ -52,6 +65,17 @@ class Unit:
 def _is_shape_query(node: torch.fx.Node) -> bool:
     return (node.op == "call_method" and node.target in SHAPE_QUERIES) or (
         node.op == "call_function" and node.target is getattr and node.args[1] in ("shape", "ndim"))
+
+
+def _shape_nodes(graph: torch.fx.Graph) -> set[torch.fx.Node]:
+    """Shape queries and the arithmetic on their results (``x.shape[0]``, ``x.size(1) * x.size(2)``): no data."""
+    shapes: set[torch.fx.Node] = set()
+    for node in graph.nodes:
+        derived = node.op in ("call_function", "call_method") and bool(node.all_input_nodes) and all(
+            a in shapes for a in node.all_input_nodes)
+        if _is_shape_query(node) or derived:
+            shapes.add(node)
+    return shapes
 
 
 def _step_kind(node: torch.fx.Node, root: nn.Module) -> tuple[str, str]:
@@ -90,24 +114,25 @@ def trace_chain(model: nn.Module) -> list[tuple[str, str]]:
         ) from err
     steps: list[tuple[str, str]] = []
     previous = None
+    shapes = _shape_nodes(graph)
     for node in graph.nodes:
         if node.op == "placeholder":
             if previous is not None:
                 raise UnsupportedModelError("the model takes more than one input; only single-input chains are supported")
             previous = node
             continue
-        if _is_shape_query(node):
+        if node in shapes:
             continue
         if node.op == "output":
             if node.args[0] is not previous:
                 raise UnsupportedModelError("the model's output is not the last layer's output (not a chain)")
             break
-        data_inputs = [a for a in node.all_input_nodes if not _is_shape_query(a)]
+        data_inputs = [a for a in node.all_input_nodes if a not in shapes]
         if data_inputs != [previous]:
             raise UnsupportedModelError(
                 f"graph node {node.name!r} (target {node.target!r}) does not take exactly the previous layer's output: "
                 f"branch-and-merge structures (residuals, concatenations) are not supported")
-        users = [u for u in previous.users if not _is_shape_query(u)]
+        users = [u for u in previous.users if u not in shapes]
         if len(users) > 1:
             raise UnsupportedModelError(
                 f"the output of {previous.name!r} feeds {len(users)} layers ({', '.join(u.name for u in users)}): "
@@ -318,10 +343,26 @@ def _select_units(units: list[Unit], include, exclude) -> list[Unit]:
     return [u for u in units if (not include or matches(u.name, include)) and not matches(u.name, exclude)]
 
 
-def _check_ratio(ratio, where: str) -> float:
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
-        raise ValueError(f"keep ratio {where} must be a number in (0, 1], got {ratio!r}")
-    return float(ratio)
+def check_keep_ratio(value, where: str = "") -> float:
+    """``value`` as a float if it is a real number in (0, 1] (Python, numpy or a 0-d tensor), else raise.
+
+    ``where`` goes into the message after "keep ratio", e.g. ``"for 'features.0'"``.
+    """
+    scalar = value.item() if isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim == 0 else value
+    if isinstance(scalar, (bool, np.bool_)) or not isinstance(scalar, numbers.Real) or not 0 < scalar <= 1:
+        raise ValueError(f"keep ratio{' ' + where if where else ''} must be in (0, 1], a real number; got {value!r}")
+    return float(scalar)
+
+
+def _check_post_ops(model: nn.Module, unit: Unit) -> None:
+    layer = model.get_submodule(unit.name)
+    misfits, reason = next((ops, why) for kinds, ops, why in MISFIT_POST_OPS if isinstance(layer, kinds))
+    for name in unit.post_ops:
+        op = model.get_submodule(name)
+        if isinstance(op, misfits):
+            raise UnsupportedModelError(
+                f"{name!r} ({type(op).__name__}) after unit {unit.name!r} ({type(layer).__name__}) {reason}; "
+                f"remove or replace it, or exclude the unit {unit.name!r}")
 
 
 def attach_branches(model: nn.Module, keep_ratio: float | Mapping[str, float], include=None, exclude=None,
@@ -347,9 +388,10 @@ def attach_branches(model: nn.Module, keep_ratio: float | Mapping[str, float], i
         unknown = sorted(set(keep_ratio) - names)
         if unknown:
             raise ValueError(f"keep_ratio names {unknown}, which are not prunable units; units are {sorted(names)}")
-        ratios = {u.name: _check_ratio(keep_ratio[u.name], f"for {u.name!r}") for u in chosen if u.name in keep_ratio}
+        ratios = {u.name: check_keep_ratio(keep_ratio[u.name], f"for {u.name!r}")
+                  for u in chosen if u.name in keep_ratio}
     else:
-        ratio = _check_ratio(keep_ratio, "")
+        ratio = check_keep_ratio(keep_ratio)
         ratios = {u.name: ratio for u in chosen}
     if not ratios:
         raise ValueError("no unit selected: check include, exclude and keep_ratio")
@@ -361,6 +403,7 @@ def attach_branches(model: nn.Module, keep_ratio: float | Mapping[str, float], i
         if bad:
             raise UnsupportedModelError(f"{bad[0]!r} stands between unit {unit.name!r} and the next linear layer "
                                         f"after a reshape; the expansion could not be folded into that layer")
+        _check_post_ops(model, unit)
         layer = model.get_submodule(unit.name)
         post_ops = [model.get_submodule(n) for n in unit.post_ops]
         branched = make_branched_unit(layer, post_ops, kept_channels(out_channels(layer), ratios[unit.name],

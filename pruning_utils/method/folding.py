@@ -213,7 +213,8 @@ def save_plain(model: nn.Module, path: str | Path) -> Path:
 
 def load_plain(path: str | Path, map_location="cpu") -> nn.Module:
     """Rebuild a network saved by :func:`save_plain`; the state_dict is checked against the description."""
-    saved = load_checkpoint(path, map_location=map_location)
+    saved = load_checkpoint(path, map_location=map_location,
+                            hint="load_plain reads only a file written by save_plain (a folded network)")
     if "architecture" not in saved:
         raise ValueError(f"{path} is not a plain-network file written by save_plain (no architecture description)")
     model = build(saved["architecture"])

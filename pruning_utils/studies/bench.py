@@ -48,7 +48,7 @@ from ..engine.checkpoints import load_checkpoint, load_model_state
 from ..engine.models import RGBAutoencoder, vgg16
 from ..engine.sizes import count_macs, count_parameters
 from ..harness.records import format_table, machine
-from ..method.branches import attach_branches, set_alpha
+from ..method.branches import attach_branches, check_keep_ratio, set_alpha
 from ..method.folding import fold, fuse_batchnorm, load_plain
 
 MODELS = {"vgg16": (3, 32, 32), "autoencoder": (3, 128, 128)}
@@ -90,7 +90,7 @@ def build_variants(kind: str, width: float = 1.0, keep_ratio: float = 0.59, incl
     model stays as it is). ``folded_file``: a network saved by ``folding.save_plain`` stands for the folded
     variant, and no mixed variant is built.
     """
-    _check_keep_ratio(keep_ratio)
+    check_keep_ratio(keep_ratio)
     torch.manual_seed(seed)
     original = original_model(kind, width, checkpoint)
     if folded_file:
@@ -103,11 +103,6 @@ def build_variants(kind: str, width: float = 1.0, keep_ratio: float = 0.59, incl
 
 def _fused(model: nn.Module, fuse_bn: bool) -> nn.Module:
     return fuse_batchnorm(model) if fuse_bn else model
-
-
-def _check_keep_ratio(keep_ratio: float) -> None:
-    if not 0 < keep_ratio <= 1:
-        raise ValueError(f"keep ratio must be in (0, 1], got {keep_ratio}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -278,7 +273,7 @@ def check_settings(models, keep_ratio: float = 0.59, batch_sizes=(1,), threads: 
     unknown = sorted(set(models) - set(MODELS))
     if unknown or not models:
         raise ValueError(f"unknown models {unknown or list(models)}; choose from {sorted(MODELS)}")
-    _check_keep_ratio(keep_ratio)
+    check_keep_ratio(keep_ratio)
     if not batch_sizes or min(batch_sizes) < 1:
         raise ValueError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
     if threads is not None and threads < 1:
