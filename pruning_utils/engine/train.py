@@ -130,8 +130,15 @@ class ResumeMismatchError(ValueError):
     """A checkpoint was written by a run with other settings than the one asked to resume it."""
 
 
-def _comparable(value):
-    return json.loads(json.dumps(value, sort_keys=True, default=str))
+def _flat(settings: dict, prefix: str = "") -> dict:
+    """Nested settings as one level of dotted names, values as JSON gives them back (tuples become lists)."""
+    flat = {}
+    for key, value in json.loads(json.dumps(settings, default=str)).items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def check_resume(saved: dict | None, requested: dict, path: str | Path) -> None:
@@ -140,7 +147,7 @@ def check_resume(saved: dict | None, requested: dict, path: str | Path) -> None:
     if saved is None:
         raise ResumeMismatchError(f"{path} records no settings (written by an older version), so resuming it could "
                                   f"mix two runs: delete it (or its folder) to start afresh")
-    saved, requested = _comparable(saved), _comparable(requested)
+    saved, requested = _flat(saved), _flat(requested)
     differ = [f"{k}: checkpoint {saved.get(k, '(not set)')!r}, now {requested.get(k, '(not set)')!r}"
               for k in sorted(set(saved) | set(requested)) if saved.get(k) != requested.get(k)]
     if differ:

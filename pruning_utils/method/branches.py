@@ -17,6 +17,10 @@ import torch
 import torch.fx
 from torch import nn
 
+from .recipe import INITS, Recipe
+
+DEFAULT = Recipe()  # the defaults of the best recipe measured (init: the L1 warm start)
+
 LINEAR_TYPES = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
 POST_OP_TYPES = (
     nn.BatchNorm1d, nn.BatchNorm2d,
@@ -42,7 +46,6 @@ MISFIT_POST_OPS = (
     ((nn.Conv2d, nn.ConvTranspose2d), ONE_D_TYPES,
      "is a 1-d operation and does not apply to a convolution's N x C x H x W output"),
 )
-INITS = ("he", "l1")
 
 
 class UnsupportedModelError(ValueError):
@@ -296,7 +299,8 @@ def _copy_selected(layer: nn.Module, post_ops: list[nn.Module], narrow: nn.Modul
                 new.num_batches_tracked.copy_(op.num_batches_tracked)
 
 
-def make_branched_unit(layer: nn.Module, post_ops: list[nn.Module], k: int, init: str = "he") -> BranchedUnit:
+def make_branched_unit(layer: nn.Module, post_ops: list[nn.Module], k: int,
+                       init: str = DEFAULT.init) -> BranchedUnit:
     """Build the :class:`BranchedUnit` for ``layer`` and its ``post_ops``, keeping ``k`` channels.
 
     ``init="he"``: He-normal branch weights (report 4), default expansion. ``init="l1"``: the k
@@ -366,7 +370,7 @@ def _check_post_ops(model: nn.Module, unit: Unit) -> None:
 
 
 def attach_branches(model: nn.Module, keep_ratio: float | Mapping[str, float], include=None, exclude=None,
-                    init: str = "he", channel_multiple: int = 1) -> nn.Module:
+                    init: str = DEFAULT.init, channel_multiple: int = 1) -> nn.Module:
     """Put a parallel branch beside every unit of ``model`` but the last; return ``model`` (changed in place).
 
     ``keep_ratio``: one ratio r in (0, 1] for all units, or a dict {unit name: r} naming exactly
