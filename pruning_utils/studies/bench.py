@@ -80,11 +80,12 @@ def original_model(kind: str, width: float = 1.0, checkpoint: str | Path | None 
     return model.eval()
 
 
-def build_variants(kind: str, width: float = 1.0, keep_ratio: float = 0.59, include=None, channel_multiple: int = 1,
-                   fuse_bn: bool = False, seed: int = 0, checkpoint: str | Path | None = None,
+def build_variants(kind: str, width: float = 1.0, keep_ratio: float = 0.59, *, include=None,
+                   channel_multiple: int = 1, fuse_bn: bool = False, seed: int = 0, checkpoint: str | Path | None = None,
                    folded_file: str | Path | None = None) -> dict[str, nn.Module]:
-    """``{"original", "mixed_alpha0", "folded"}``: the original, its branched copy at alpha = 0 (He-initialised
-    branches on the units that ``include`` selects, kept channels rounded to ``channel_multiple``) and its fold.
+    """``{"original", "mixed_alpha0", "folded"}``: the original, its branched copy at alpha = 0 (branches as
+    :func:`~pruning_utils.attach_branches` makes them, on the units that ``include`` selects, kept channels rounded
+    to ``channel_multiple``) and its fold.
 
     ``fuse_bn`` fuses BatchNorm into the convolutions of the original and the folded network alike (the mixed
     model stays as it is). ``folded_file``: a network saved by ``folding.save_plain`` stands for the folded
@@ -108,7 +109,7 @@ def _fused(model: nn.Module, fuse_bn: bool) -> nn.Module:
 # --------------------------------------------------------------------------------------------
 # The measurements
 # --------------------------------------------------------------------------------------------
-def time_per_image(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, device: str = "cpu",
+def time_per_image(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, *, device: str = "cpu",
                    threads: int | None = None, min_run_time: float = 1.0, repeats: int = 1,
                    channels_last: bool = False) -> dict[str, float]:
     """Seconds per image of eval-mode inference on a batch (``model`` is moved to ``device``).
@@ -265,7 +266,7 @@ def resolve_devices(device: str = "auto") -> list[str]:
     return [device]
 
 
-def check_settings(models, keep_ratio: float = 0.59, batch_sizes=(1,), threads: int | None = None,
+def check_settings(models, *, keep_ratio: float = 0.59, batch_sizes=(1,), threads: int | None = None,
                    min_run_time: float = 1.0, repeats: int = 1, ae_part: str = "encoder", one_model_file: bool = False
                    ) -> None:
     """Raise a ValueError naming the first setting that cannot be benchmarked (``one_model_file``: a checkpoint
@@ -286,7 +287,7 @@ def check_settings(models, keep_ratio: float = 0.59, batch_sizes=(1,), threads: 
         raise ValueError("a checkpoint or folded file belongs to one model: benchmark a single model with it")
 
 
-def measure(kind: str, variants: dict[str, nn.Module], batch_sizes, devices=("cpu",), threads: int | None = None,
+def measure(kind: str, variants: dict[str, nn.Module], batch_sizes, *, devices=("cpu",), threads: int | None = None,
             min_run_time: float = 1.0, repeats: int = 1, channels_last: bool = False, ram: bool = True,
             by_operator: bool = False) -> list[dict]:
     """Rows of every variant of one model at every batch size (columns: see the module docstring; with
@@ -308,7 +309,8 @@ def measure(kind: str, variants: dict[str, nn.Module], batch_sizes, devices=("cp
             runs = {variant: [] for variant in variants}
             for _ in range(repeats):
                 for variant, model in variants.items():
-                    timing = time_per_image(model, shape, b, device, threads, min_run_time, 1, channels_last)
+                    timing = time_per_image(model, shape, b, device=device, threads=threads, min_run_time=min_run_time,
+                                            channels_last=channels_last)
                     runs[variant].append(timing)
             for variant, model in variants.items():
                 rows[variant][b].update({f"{device}_{k}": v for k, v in summarize(runs[variant]).items()})
@@ -327,7 +329,7 @@ def measure(kind: str, variants: dict[str, nn.Module], batch_sizes, devices=("cp
     return [row for by_batch in rows.values() for row in by_batch.values()]
 
 
-def run(models=("vgg16", "autoencoder"), width: float = 1.0, keep_ratio: float = 0.59, ae_part: str = "encoder",
+def run(models=("vgg16", "autoencoder"), *, width: float = 1.0, keep_ratio: float = 0.59, ae_part: str = "encoder",
         batch_sizes=(1, 8, 32), threads: int | None = None, min_run_time: float = 1.0, channel_multiple: int = 1,
         device: str = "auto", ram: bool = True, fuse_bn: bool = False, channels_last: bool = False, repeats: int = 1,
         checkpoint: str | Path | None = None, folded_file: str | Path | None = None,
@@ -337,17 +339,17 @@ def run(models=("vgg16", "autoencoder"), width: float = 1.0, keep_ratio: float =
     ``ae_part``: the autoencoder's units that are pruned (VGG16: all). ``checkpoint`` / ``folded_file`` (one
     model only): see :func:`build_variants`.
     """
-    check_settings(models, keep_ratio, batch_sizes, threads, min_run_time, repeats, ae_part,
-                   bool(checkpoint or folded_file))
+    check_settings(models, keep_ratio=keep_ratio, batch_sizes=batch_sizes, threads=threads, min_run_time=min_run_time,
+                   repeats=repeats, ae_part=ae_part, one_model_file=bool(checkpoint or folded_file))
     devices = resolve_devices(device)
     settings = {"width": width, "keep_ratio": keep_ratio, "channel_multiple": channel_multiple, "fuse_bn": fuse_bn}
     rows = []
     for kind in models:
         include = AE_PARTS[ae_part] if kind == "autoencoder" else None
-        variants = build_variants(kind, width, keep_ratio, include, channel_multiple, fuse_bn,
-                                  checkpoint=checkpoint, folded_file=folded_file)
-        measured = measure(kind, variants, batch_sizes, devices, threads, min_run_time, repeats, channels_last, ram,
-                           by_operator)
+        variants = build_variants(kind, width, keep_ratio, include=include, channel_multiple=channel_multiple,
+                                  fuse_bn=fuse_bn, checkpoint=checkpoint, folded_file=folded_file)
+        measured = measure(kind, variants, batch_sizes, devices=devices, threads=threads, min_run_time=min_run_time,
+                           repeats=repeats, channels_last=channels_last, ram=ram, by_operator=by_operator)
         rows += [{"model": kind, "variant": row["variant"], **settings, **row} for row in measured]
     return rows
 
@@ -490,14 +492,17 @@ def main(argv: list[str] | None = None) -> int:
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("out", "name")}
     settings["threads"] = args.threads or torch.get_num_threads()
     try:
-        check_settings(args.models, args.keep_ratio, args.batch_sizes, args.threads, args.min_run_time, args.repeats,
-                       args.ae_part, bool(args.checkpoint or args.folded_file))
+        check_settings(args.models, keep_ratio=args.keep_ratio, batch_sizes=args.batch_sizes, threads=args.threads,
+                       min_run_time=args.min_run_time, repeats=args.repeats, ae_part=args.ae_part,
+                       one_model_file=bool(args.checkpoint or args.folded_file))
         resolve_devices(args.device)
     except ValueError as err:
         cli.error(str(err))
-    rows = run(args.models, args.width, args.keep_ratio, args.ae_part, args.batch_sizes, settings["threads"],
-               args.min_run_time, args.channel_multiple, args.device, not args.no_ram, args.fuse_bn,
-               args.channels_last, args.repeats, args.checkpoint, args.folded_file, args.by_operator)
+    rows = run(args.models, width=args.width, keep_ratio=args.keep_ratio, ae_part=args.ae_part,
+               batch_sizes=args.batch_sizes, threads=settings["threads"], min_run_time=args.min_run_time,
+               channel_multiple=args.channel_multiple, device=args.device, ram=not args.no_ram, fuse_bn=args.fuse_bn,
+               channels_last=args.channels_last, repeats=args.repeats, checkpoint=args.checkpoint,
+               folded_file=args.folded_file, by_operator=args.by_operator)
     print(format_report(rows))
     command = shlex.join(["python", "-m", "pruning_utils.bench", *argv])
     for path in write_results(rows, args.out, args.name, command, settings):
