@@ -47,6 +47,11 @@ def test_settings_key_ignores_run_only_parameters_but_not_the_profile():
     assert key != records.settings_key({"LR": 0.1}, config.get_profile("full"))
 
 
+def test_slug_makes_file_name_parts():
+    assert records.slug([0, "a b"]) == "-0---a-b--" and records.slug("x_1.5+e") == "x-1.5+e"
+    assert records.slug("y" * 50) == "y" * 40 and records.slug("über") == "-ber"
+
+
 def test_format_table_and_write_record(tmp_path):
     table = records.format_table([{"a": 1.23456, "b": "x"}], ["a", "b"], {"a": ".2f"})
     assert table.splitlines()[-1].split() == ["1.23", "x"]

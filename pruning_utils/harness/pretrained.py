@@ -1,7 +1,6 @@
 """Train-or-load helpers for the two baseline models, so every notebook also runs on its own."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
@@ -12,16 +11,13 @@ from ..engine.data import ImageSplits, PhotoSplits
 from ..engine.models import RGBAutoencoder, vgg16
 from ..engine.speed import PLAIN, Speed
 from ..engine.train import fit
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.]+", "-", Path(str(text)).stem).strip("-") or "data"
+from .records import slug
 
 
 def baseline_checkpoint_path(kind: str, source: str, width: float, epochs: int, seed: int, **settings) -> Path:
     """Where a baseline with these settings is stored: one file per distinct setting."""
     extra = "".join(f"_{k}{v}" for k, v in sorted(settings.items()))
-    return CHECKPOINT_DIR / f"{kind}_{_slug(source)}_w{width:g}_e{epochs}_s{seed}{extra}.pt"
+    return CHECKPOINT_DIR / f"{kind}_{slug(Path(str(source)).stem) or 'data'}_w{width:g}_e{epochs}_s{seed}{extra}.pt"
 
 
 def vgg_baseline(data: ImageSplits, *, width: float, epochs: int, batch_size: int = 128, lr: float = 0.05,
