@@ -5,7 +5,7 @@ import torch
 
 # no progress bars in the kernels nbval and papermill start: thousands of widget messages can crowd out
 # the kernel's idle message and make nbval time out waiting for output
-os.environ["PRUNING_UTILS_PROGRESS"] = "0"
+os.environ["TQDM_DISABLE"] = "1"
 
 from pruning_utils.config import SHARED_DATA_DIR, seed_everything
 

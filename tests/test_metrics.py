@@ -70,8 +70,8 @@ def test_paths_resolve_from_the_repository_root(monkeypatch, tmp_path):
     assert config.get_device("cpu") == torch.device("cpu")
 
 
-def test_progress_bars_can_be_switched_off_for_everything(monkeypatch):
-    monkeypatch.setenv("PRUNING_UTILS_PROGRESS", "1")
+def test_tqdm_disable_switches_every_progress_bar_off(monkeypatch):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
     assert config.show_progress(True) and not config.show_progress(False)
-    monkeypatch.setenv("PRUNING_UTILS_PROGRESS", "0")
+    monkeypatch.setenv("TQDM_DISABLE", "1")
     assert not config.show_progress(True)
