@@ -45,6 +45,8 @@ def test_settings_key_ignores_run_only_parameters_but_not_the_profile():
     assert key == records.settings_key({"LR": 0.1, "PROGRESS": False, "OUTPUT_DIR": "x"}, profile)
     assert key != records.settings_key({"LR": 0.2}, profile)
     assert key != records.settings_key({"LR": 0.1}, config.get_profile("full"))
+    assert key == records.settings_key({"LR": 0.1, "RUN_NAME": "b", "INITS": ["he"]}, profile, ignore=("INITS",))
+    assert key != records.settings_key({"LR": 0.1, "INITS": ["he"]}, profile)
 
 
 def test_slug_makes_file_name_parts():

@@ -64,17 +64,17 @@ def read_record(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-RUN_ONLY_PARAMETERS = ("OUTPUT_DIR", "PROGRESS", "RESUME", "INTERACTIVE", "INITS", "ORDERS")
+RUN_ONLY_PARAMETERS = ("OUTPUT_DIR", "PROGRESS", "RESUME", "INTERACTIVE", "RUN_NAME")  # every notebook's
 
 
-def settings_key(parameters: dict, profile, length: int = 10) -> str:
-    """A short, stable hash of a run's settings (its parameters, less those that do not change results,
-    and the profile that fills their None values): names checkpoint folders so that a run with other
-    settings never resumes them."""
+def settings_key(parameters: dict, profile, *, ignore: tuple[str, ...] = (), length: int = 10) -> str:
+    """A short, stable hash of a run's settings (its parameters, less RUN_ONLY_PARAMETERS and the caller's
+    ``ignore``, the names that do not change results, and the profile that fills their None values): names
+    checkpoint folders so that a run with other settings never resumes them."""
     import dataclasses
     import hashlib
 
-    settings = {k: v for k, v in parameters.items() if k not in RUN_ONLY_PARAMETERS}
+    settings = {k: v for k, v in parameters.items() if k not in RUN_ONLY_PARAMETERS + tuple(ignore)}
     settings["profile"] = dataclasses.asdict(profile)
     return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
