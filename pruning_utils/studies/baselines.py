@@ -129,6 +129,7 @@ def torch_pruning_l1(model: nn.Module, keep_ratio: float, input_shape: tuple[int
     """
     pruned = copy.deepcopy(model).cpu()
     layers = _layers(pruned).values()
+    # Torch-Pruning keeps int(C * (1 - ratio)) channels: half a channel more than k guards that truncation
     ratios = {layer: max(0.0, 1 - (kept_channels(out_channels(layer), keep_ratio) + 0.5) / out_channels(layer))
               for layer in layers}
     pruner = tp.pruner.MagnitudePruner(pruned, torch.randn(1, *input_shape), tp.importance.MagnitudeImportance(p=1),
@@ -266,8 +267,8 @@ def widths_for_budget(model: nn.Module, counts: dict[str, int], target_params: i
         return {name: min(out_channels(layers[name]), max(1, round(factor * n))) for name, n in counts.items()}
 
     def params(factor: float) -> int:
-        ratios = {name: min(1.0, (k + 0.5) / out_channels(layers[name])) for name, k in widths(factor).items()}
-        return count_parameters(pruned_and_folded(model, ratios))
+        exact = {name: k / out_channels(layers[name]) for name, k in widths(factor).items()}  # k = floor(r * C)
+        return count_parameters(pruned_and_folded(model, exact))
 
     low, high = 0.0, max(out_channels(layers[n]) / max(1, c) for n, c in counts.items())
     for _ in range(40):
