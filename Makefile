@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup notebooks test lab clean-runs
+.PHONY: setup notebooks test test-unit lab clean-runs
 
 setup: $(STAMP)
 
@@ -23,6 +23,10 @@ notebooks: setup
 ## unit tests, every notebook under papermill with tiny parameters, nbval over the committed notebooks
 test: setup
 	$(PY) -m pytest
+
+## the unit tests alone (no notebook runs; minutes): the tier pytest -m "not notebooks" selects
+test-unit: setup
+	$(PY) -m pytest -m "not notebooks"
 
 ## JupyterLab on the notebooks
 lab: setup

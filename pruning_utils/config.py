@@ -102,9 +102,10 @@ def resolve_path(path: str | Path) -> Path:
 
 
 def show_progress(requested: bool) -> bool:
-    """Whether to draw progress bars: as requested, on rank 0 only, unless PRUNING_UTILS_PROGRESS=0 switches them
-    all off (the test suite does, so that nbval's kernels do not flood their output channel with widget updates)."""
-    return requested and os.environ.get("PRUNING_UTILS_PROGRESS", "1") != "0" and is_main()
+    """Whether to draw progress bars: as requested, on rank 0 only, and never when tqdm's own ``TQDM_DISABLE``
+    is set (any non-empty value, as tqdm reads it). The bars pass ``disable`` explicitly, which tqdm lets win
+    over its environment defaults (and tqdm.notebook ignores them), so the switch is read here."""
+    return requested and not os.environ.get("TQDM_DISABLE") and is_main()
 
 
 def get_device(device: str | None = None) -> torch.device:

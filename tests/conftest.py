@@ -5,9 +5,17 @@ import torch
 
 # no progress bars in the kernels nbval and papermill start: thousands of widget messages can crowd out
 # the kernel's idle message and make nbval time out waiting for output
-os.environ["PRUNING_UTILS_PROGRESS"] = "0"
+os.environ["TQDM_DISABLE"] = "1"
 
 from pruning_utils.config import SHARED_DATA_DIR, seed_everything
+
+
+def pytest_collection_modifyitems(items):
+    """Mark the tier that executes notebooks (nbval's cells, papermill runs) so ``-m "not notebooks"`` skips it;
+    test_sweep marks its own notebook-running tests."""
+    for item in items:
+        if item.path.suffix == ".ipynb" or item.path.name == "test_notebooks.py":
+            item.add_marker(pytest.mark.notebooks)
 
 
 @pytest.fixture(autouse=True)

@@ -86,6 +86,16 @@ def test_remove_channels_keeps_the_chosen_ones():
         baselines.remove_channels(model, {"features.0": torch.tensor([], dtype=torch.long)}, (3, 32, 32))
 
 
+def test_widths_for_budget_are_the_widths_removal_gives():
+    model = small_vgg()
+    full = {name: layer.out_channels for name, layer in baselines._layers(model).items()}
+    assert baselines.widths_for_budget(model, full, sizes.count_parameters(model)) == full
+    target = target_for(model, 0.5)
+    widths = baselines.widths_for_budget(model, {name: 1 + i % 2 for i, name in enumerate(full)}, target)
+    removed = baselines.remove_channels(model, {name: torch.arange(k) for name, k in widths.items()}, (3, 32, 32))
+    assert abs(sizes.count_parameters(removed) - target) / target < 0.05
+
+
 def test_reinitialise_gives_fresh_weights_of_the_same_shape():
     model = small_vgg()
     with torch.no_grad():

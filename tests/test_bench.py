@@ -55,6 +55,14 @@ def test_time_by_operator_groups_the_profile():
     assert set().union(*times) <= {"conv", "batch_norm", "relu", "max_pool", "linear", "other"}
 
 
+def test_subnormal_weights_by_dtype():
+    norm = torch.nn.BatchNorm1d(2)  # a float weight and an integer counter
+    with torch.no_grad():
+        norm.weight[0] = 1e-40
+    assert bench.subnormal_weights(norm) == 1
+    assert bench.subnormal_weights(norm.double()) == 0  # 1e-40 is a normal float64
+
+
 def test_peak_ram_in_a_fresh_process():
     model = bench.original_model("vgg16", 0.0625)
     ram = bench.peak_ram_subprocess(model, bench.MODELS["vgg16"], batch_size=2)

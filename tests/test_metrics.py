@@ -45,6 +45,13 @@ def test_settings_key_ignores_run_only_parameters_but_not_the_profile():
     assert key == records.settings_key({"LR": 0.1, "PROGRESS": False, "OUTPUT_DIR": "x"}, profile)
     assert key != records.settings_key({"LR": 0.2}, profile)
     assert key != records.settings_key({"LR": 0.1}, config.get_profile("full"))
+    assert key == records.settings_key({"LR": 0.1, "RUN_NAME": "b", "INITS": ["he"]}, profile, ignore=("INITS",))
+    assert key != records.settings_key({"LR": 0.1, "INITS": ["he"]}, profile)
+
+
+def test_slug_makes_file_name_parts():
+    assert records.slug([0, "a b"]) == "-0---a-b--" and records.slug("x_1.5+e") == "x-1.5+e"
+    assert records.slug("y" * 50) == "y" * 40 and records.slug("über") == "-ber"
 
 
 def test_format_table_and_write_record(tmp_path):
@@ -65,8 +72,8 @@ def test_paths_resolve_from_the_repository_root(monkeypatch, tmp_path):
     assert config.get_device("cpu") == torch.device("cpu")
 
 
-def test_progress_bars_can_be_switched_off_for_everything(monkeypatch):
-    monkeypatch.setenv("PRUNING_UTILS_PROGRESS", "1")
+def test_tqdm_disable_switches_every_progress_bar_off(monkeypatch):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
     assert config.show_progress(True) and not config.show_progress(False)
-    monkeypatch.setenv("PRUNING_UTILS_PROGRESS", "0")
+    monkeypatch.setenv("TQDM_DISABLE", "1")
     assert not config.show_progress(True)

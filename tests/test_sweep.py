@@ -1,6 +1,10 @@
 import csv
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import nbformat
 import pytest
@@ -16,9 +20,11 @@ RUN_NAME: str = "toy"     # file stem of the record
 PROGRESS: bool = True     # unused
 '''
 BODY = '''
+import os
 from pruning_utils.harness import records
 records.write_record(records.output_dir("quick", OUTPUT_DIR) / f"{RUN_NAME}.json", "toy.ipynb",
-                     {"SIZE": SIZE, "LABEL": LABEL}, {"run": {"val_acc": SIZE * 10.0}, "label_length": len(LABEL)})
+                     {"SIZE": SIZE, "LABEL": LABEL}, {"run": {"val_acc": SIZE * 10.0}, "label_length": len(LABEL),
+                                                     "threads": int(os.environ["OMP_NUM_THREADS"])})
 '''
 
 
@@ -36,12 +42,14 @@ def write_grid(path, text):
     return path
 
 
+@pytest.mark.notebooks
 def test_sweep_runs_the_grid_summarises_and_resumes(toy, tmp_path, capsys):
     grid = write_grid(tmp_path / "grid.yaml", "fixed: {LABEL: abc}\ngrid: {SIZE: [1, 2, 3]}\n")
     out = tmp_path / "sweep"
     here = os.getcwd()
     rows = sweep.run_sweep(toy, grid, out, jobs=2)
     assert os.getcwd() == here  # two runs at once leave the working directory as it was
+    assert {r["threads"] for r in rows} == {max(1, os.cpu_count() // 2)}  # each kernel gets its share of the CPU
     assert [(r["SIZE"], r["run.val_acc"], r["label_length"]) for r in rows] == [(1, 10.0, 3), (2, 20.0, 3), (3, 30.0, 3)]
     assert sorted(p.name for p in out.glob("*.ipynb")) == ["SIZE=1.ipynb", "SIZE=2.ipynb", "SIZE=3.ipynb"]
     with open(out / "summary.csv") as fh:
@@ -89,6 +97,7 @@ def test_the_committed_ablation_grid_fits_notebook_08():
     assert set(arms) == set(ablations.ARMS) | {ablations.RIVAL} and fixed["COMBINE"] is False
 
 
+@pytest.mark.notebooks
 def test_a_failing_run_does_not_stop_the_others(toy, tmp_path):
     nb = nbformat.read(toy, as_version=4)
     nb.cells[1].source = "assert SIZE != 2, 'size two breaks'\n" + nb.cells[1].source
@@ -98,3 +107,29 @@ def test_a_failing_run_does_not_stop_the_others(toy, tmp_path):
     with pytest.raises(RuntimeError, match=r"1 of 3 runs failed: \['SIZE=2'\]"):
         sweep.run_sweep(toy, grid, out, jobs=1)
     assert sorted(p.name for p in out.glob("*.json")) == ["SIZE=1.json", "SIZE=3.json"]
+    assert sorted(p.name for p in out.glob("*.ipynb")) == ["SIZE=1.ipynb", "SIZE=2.failed.ipynb", "SIZE=3.ipynb"]
+
+
+@pytest.mark.notebooks
+def test_a_killed_sweep_resumes_losing_only_the_run_in_flight(toy, tmp_path, capsys):
+    nb = nbformat.read(toy, as_version=4)
+    nb.cells[1].source = "import time\ntime.sleep(0 if SIZE == 1 else 3)\n" + nb.cells[1].source
+    nbformat.write(nb, toy)
+    grid = write_grid(tmp_path / "grid.yaml", "grid: {SIZE: [1, 2]}\n")
+    out, log = tmp_path / "sweep", tmp_path / "sweep.log"
+    with open(log, "w") as fh:
+        process = subprocess.Popen([sys.executable, "-m", "pruning_utils.harness.sweep", str(toy), str(grid),
+                                    "--out", str(out)], stdout=fh, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 180
+    while not (out / "SIZE=1.ipynb").is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert sweep.finished(out, "SIZE=1") and not sweep.finished(out, "SIZE=2"), log.read_text()
+    first = (out / "SIZE=1.json").stat().st_mtime_ns
+    capsys.readouterr()
+    rows = sweep.run_sweep(toy, grid, out)
+    assert "2 runs, 1 already done, 1 to run" in capsys.readouterr().out
+    assert (out / "SIZE=1.json").stat().st_mtime_ns == first and [r["run.val_acc"] for r in rows] == [10.0, 20.0]
+    assert sweep.finished(out, "SIZE=2")
+    assert not list(out.glob("*.running.ipynb"))

@@ -23,6 +23,13 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     return counter.get_total_flops() // 2
 
 
+def subnormal_mask(tensor: torch.Tensor) -> torch.Tensor:
+    """Where ``tensor`` holds subnormal numbers (nonzero, below its dtype's smallest normal); none if not floating."""
+    if not tensor.is_floating_point():
+        return torch.zeros_like(tensor, dtype=torch.bool)
+    return (tensor != 0) & (tensor.abs() < torch.finfo(tensor.dtype).tiny)
+
+
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (all, or only those that require gradients)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

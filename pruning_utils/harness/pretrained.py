@@ -1,7 +1,6 @@
 """Train-or-load helpers for the two baseline models, so every notebook also runs on its own."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
@@ -14,10 +13,7 @@ from ..engine.identity import fingerprint
 from ..engine.models import RGBAutoencoder, vgg16
 from ..engine.speed import PLAIN, Speed
 from ..engine.train import fit
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.]+", "-", Path(str(text)).stem).strip("-") or "data"
+from .records import slug
 
 
 def data_identity(data: ImageSplits | PhotoSplits) -> dict:
@@ -36,8 +32,8 @@ def baseline_checkpoint_path(kind: str, data: ImageSplits | PhotoSplits, width: 
         settings["ranks"] = world_size()
     extra = "".join(f"_{k}{v}" for k, v in sorted(settings.items()))
     identity = data_identity(data)
-    return CHECKPOINT_DIR / (f"{kind}_{_slug(identity['source'])}-{identity['fingerprint']}_w{width:g}_e{epochs}"
-                             f"_s{seed}{extra}.pt")
+    name = f"{slug(Path(identity['source']).stem) or 'data'}-{identity['fingerprint']}"
+    return CHECKPOINT_DIR / f"{kind}_{name}_w{width:g}_e{epochs}_s{seed}{extra}.pt"
 
 
 def vgg_baseline(data: ImageSplits, *, width: float, epochs: int, batch_size: int = 128, lr: float = 0.05,

@@ -5,6 +5,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import shlex
 from pathlib import Path
 
@@ -53,7 +54,9 @@ def write_record(path: str | Path, notebook: str, parameters: dict, metrics: dic
     record = {"notebook": notebook, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
               "command": papermill_command(notebook, parameters), "parameters": parameters,
               "machine": machine(), "metrics": metrics, **extra}
-    path.write_text(json.dumps(record, indent=2, default=float) + "\n")
+    partial = path.with_name(f"{path.name}.partial")
+    partial.write_text(json.dumps(record, indent=2, default=float) + "\n")
+    partial.replace(path)  # atomic: a reader (or a resumed sweep) never sees half a record
     return path
 
 
@@ -61,19 +64,26 @@ def read_record(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-RUN_ONLY_PARAMETERS = ("OUTPUT_DIR", "PROGRESS", "RESUME", "INTERACTIVE", "INITS", "ORDERS")
+RUN_ONLY_PARAMETERS = ("OUTPUT_DIR", "PROGRESS", "RESUME", "INTERACTIVE", "RUN_NAME")  # every notebook's
 
 
-def settings_key(parameters: dict, profile, length: int = 10) -> str:
-    """A short, stable hash of a run's settings (its parameters, less those that do not change results,
-    and the profile that fills their None values): names checkpoint folders so that a run with other
-    settings never resumes them."""
+def settings_key(parameters: dict, profile, *, ignore: tuple[str, ...] = (), length: int = 10) -> str:
+    """A short, stable hash of a run's settings (its parameters, less RUN_ONLY_PARAMETERS and the caller's
+    ``ignore``, the names that do not change results, and the profile that fills their None values): names
+    checkpoint folders so that a run with other settings never resumes them."""
     import dataclasses
     import hashlib
 
-    settings = {k: v for k, v in parameters.items() if k not in RUN_ONLY_PARAMETERS}
+    settings = {k: v for k, v in parameters.items() if k not in RUN_ONLY_PARAMETERS + tuple(ignore)}
     settings["profile"] = dataclasses.asdict(profile)
     return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+def slug(value, length: int = 40) -> str:
+    """``value`` as part of a file name: lists and dicts as JSON, every character but letters, digits and ``.+-``
+    as ``-``, at most ``length`` characters."""
+    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return re.sub(r"[^A-Za-z0-9.+-]", "-", text)[:length]
 
 
 def format_table(rows: list[dict], columns: list[str], formats: dict[str, str] | None = None) -> str:

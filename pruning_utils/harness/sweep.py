@@ -10,10 +10,13 @@ The grid file names fixed parameters and the axes of the grid::
       SEEDS: [[0], [1]]
 
 Every run writes its executed notebook and the notebook's own metrics JSON (its ``OUTPUT_DIR`` and ``RUN_NAME``
-parameters are set by the sweep) into the sweep's folder; runs whose JSON exists are skipped, so a sweep
-resumes. At the end ``summary.csv`` holds one row per run (its grid values and every scalar metric) and
-``summary.png`` plots the chosen metric per run. Unknown parameter names are an error before anything runs.
-Several runs go at once with ``--jobs``; each kernel then gets an equal share of the CPU threads.
+parameters are set by the sweep) into the sweep's folder. The executed notebook is written as
+``<run>.running.ipynb`` and renamed to ``<run>.ipynb`` once the run succeeded (``<run>.failed.ipynb`` if not);
+runs with both ``<run>.ipynb`` and ``<run>.json`` are skipped, so a sweep resumes, even one killed mid-way, losing
+only the runs in flight. At the end ``summary.csv`` holds one row per run (its grid values and every scalar
+metric) and ``summary.png`` plots the chosen metric per run. Unknown parameter names are an error before anything
+runs. ``--jobs`` worker processes run the runs, each with its own working directory and environment, through which
+its kernels get an equal share of the CPU threads; the workers stop when the sweep's process dies.
 ``sweeps/08_ablations_cifar10.yaml`` splits notebook 08's ablation study into one run per (seed, arm).
 """
 from __future__ import annotations
@@ -22,16 +25,19 @@ import argparse
 import csv
 import itertools
 import json
+import multiprocessing
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from unittest.mock import patch
 
 import yaml
 
 from ..config import RUNS_DIR, resolve_path
 from .notebooks import notebook_parameters, run_notebook
+from .records import slug
 
 SET_BY_SWEEP = ("OUTPUT_DIR", "RUN_NAME", "PROGRESS")
 
@@ -65,18 +71,13 @@ def check_names(notebook: Path, fixed: dict, grid: dict) -> None:
         raise ValueError(f"{overlap} are both fixed and grid axes; keep each in one place")
 
 
-def _slug(value) -> str:
-    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
-    return "".join(c if c.isalnum() or c in ".+-" else "-" for c in text)[:40]
-
-
 def plan_runs(fixed: dict, grid: dict) -> list[tuple[str, dict]]:
     """(run name, parameters) for every combination of the grid's values, in a stable order."""
     axes = list(grid)
     runs = []
     for values in itertools.product(*(grid[a] for a in axes)):
         chosen = dict(zip(axes, values))
-        name = "__".join(f"{a}={_slug(v)}" for a, v in chosen.items()) or "run"
+        name = "__".join(f"{a}={slug(v)}" for a, v in chosen.items()) or "run"
         runs.append((name, {**fixed, **chosen}))
     return runs
 
@@ -106,35 +107,65 @@ def run_sweep(notebook: str | Path, grid_file: str | Path, out: str | Path | Non
     out = Path(out) if out else RUNS_DIR / "sweeps" / f"{notebook.stem}_{Path(grid_file).stem}"
     out.mkdir(parents=True, exist_ok=True)
     runs = plan_runs(fixed, grid)
-    todo = [(name, params) for name, params in runs if not (out / f"{name}.json").is_file()]
-    threads = str(max(1, (os.cpu_count() or 1) // min(jobs, max(1, len(todo)))))
-
-    def execute(run) -> str | None:
-        """Run one notebook; return the run's name if it failed (the other runs go on)."""
-        name, params = run
-        try:
-            run_notebook(notebook, out / f"{name}.ipynb", {**params, "OUTPUT_DIR": str(out), "RUN_NAME": name,
-                                                           "PROGRESS": False})
-        except Exception as err:  # noqa: BLE001 - any failure of one run is reported once all have run
-            print(f"failed: {name}: {type(err).__name__}: {str(err).strip().splitlines()[-1:]}", flush=True)
-            return name
-        print(f"done: {name}", flush=True)
-        return None
-
+    todo = [(name, params) for name, params in runs if not finished(out, name)]
+    threads = max(1, (os.cpu_count() or 1) // min(jobs, max(1, len(todo))))
     print(f"{len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to run with {jobs} at once in {out}")
-    here = os.getcwd()
-    try:
-        with patch.dict(os.environ, OMP_NUM_THREADS=threads), ThreadPoolExecutor(max_workers=jobs) as pool:
-            failed = [name for name in pool.map(execute, todo) if name]  # the kernels inherit the thread count
-    finally:
-        os.chdir(here)  # papermill's per-run chdir is not thread-safe: runs at once can leave another directory
+    failed = run_all(notebook, out, todo, jobs=jobs, threads=threads)
     if failed:
-        raise RuntimeError(f"{len(failed)} of {len(todo)} runs failed: {failed}; their executed notebooks in {out} "
-                           f"show the error; rerun the sweep to retry them (finished runs are skipped)")
+        raise RuntimeError(f"{len(failed)} of {len(todo)} runs failed: {failed}; their executed notebooks "
+                           f"(<run>.failed.ipynb in {out}) show the error; rerun the sweep to retry them "
+                           f"(finished runs are skipped)")
     rows = [{"run": name, **{a: params[a] for a in grid},
              **flatten(json.loads((out / f"{name}.json").read_text())["metrics"])} for name, params in runs]
     write_summary(rows, out, list(grid), metric)
     return rows
+
+
+def finished(out: Path, name: str) -> bool:
+    """Whether run ``name`` completed: its executed notebook and its metrics JSON are both there."""
+    return (out / f"{name}.ipynb").is_file() and (out / f"{name}.json").is_file()
+
+
+def run_all(notebook: Path, out: Path, todo: list[tuple[str, dict]], *, jobs: int, threads: int) -> list[str]:
+    """Run ``todo`` in ``jobs`` worker processes with ``threads`` CPU threads each; return the failed runs' names."""
+    errors = {}
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_start_worker, initargs=(threads,)) as pool:
+        futures = {pool.submit(execute, notebook, out, name, params): name for name, params in todo}
+        for future in as_completed(futures):
+            name = futures[future]
+            try:
+                errors[name] = future.result()
+            except Exception as err:  # noqa: BLE001 - a worker that died fails its run only
+                errors[name] = f"{type(err).__name__}: {err}"
+            print(f"failed: {name}: {errors[name]}" if errors[name] else f"done: {name}", flush=True)
+    return [name for name, _ in todo if errors[name]]
+
+
+def _start_worker(threads: int) -> None:
+    """Give this worker's kernels ``threads`` CPU threads, and end the worker when the sweep's process is gone."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)  # orphaned: the sweep was killed; the kernel sees this process go and exits too
+
+
+def execute(notebook: Path, out: Path, name: str, params: dict) -> str | None:
+    """Run one notebook into ``<name>.running.ipynb``, renamed once it ends; return the error if it failed."""
+    running = out / f"{name}.running.ipynb"
+    try:
+        run_notebook(notebook, running, {**params, "OUTPUT_DIR": str(out), "RUN_NAME": name, "PROGRESS": False})
+    except Exception as err:  # noqa: BLE001 - any failure of one run is reported once all have run
+        if running.is_file():
+            running.replace(out / f"{name}.failed.ipynb")
+        return f"{type(err).__name__}: {str(err).strip().splitlines()[-1:]}"
+    running.replace(out / f"{name}.ipynb")
+    (out / f"{name}.failed.ipynb").unlink(missing_ok=True)
+    return None
 
 
 def write_summary(rows: list[dict], out: Path, axes: list[str], metric: str | None = None) -> None:

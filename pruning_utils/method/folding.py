@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from ..engine.checkpoints import load_checkpoint, load_model_state, save_checkpoint
+from ..engine.sizes import subnormal_mask
 from .branches import BranchedUnit, UnsupportedModelError, branched_units, trace_chain
 
 
@@ -122,11 +123,9 @@ def flush_denormals(model: nn.Module) -> int:
     """Set subnormal floating-point parameters and buffers to zero; return how many were flushed."""
     flushed = 0
     for tensor in (*model.parameters(), *model.buffers()):
-        if tensor.is_floating_point():
-            tiny = torch.finfo(tensor.dtype).tiny
-            mask = (tensor != 0) & (tensor.abs() < tiny)
-            flushed += int(mask.sum())
-            tensor.masked_fill_(mask, 0.0)
+        mask = subnormal_mask(tensor)
+        flushed += int(mask.sum())
+        tensor.masked_fill_(mask, 0)
     return flushed
 
 

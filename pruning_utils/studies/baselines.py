@@ -14,6 +14,7 @@ Every function works on a copy; the model passed in is not changed.
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import math
 
@@ -129,6 +130,7 @@ def torch_pruning_l1(model: nn.Module, keep_ratio: float, input_shape: tuple[int
     """
     pruned = copy.deepcopy(model).cpu()
     layers = _layers(pruned).values()
+    # Torch-Pruning keeps int(C * (1 - ratio)) channels: half a channel more than k guards that truncation
     ratios = {layer: max(0.0, 1 - (kept_channels(out_channels(layer), keep_ratio) + 0.5) / out_channels(layer))
               for layer in layers}
     pruner = tp.pruner.MagnitudePruner(pruned, torch.randn(1, *input_shape), tp.importance.MagnitudeImportance(p=1),
@@ -259,15 +261,19 @@ def autopruner_search(model: nn.Module, train_loader, keep_ratio: float, epochs:
 
 def widths_for_budget(model: nn.Module, counts: dict[str, int], target_params: int) -> dict[str, int]:
     """Per-unit widths proportional to ``counts`` (at least 1, at most C), scaled so that the pruned model
-    has about ``target_params`` parameters (bisection on the common factor)."""
+    has about ``target_params`` parameters (bisection on the common factor, each distinct widths folded once)."""
     layers = _layers(model)
 
     def widths(factor: float) -> dict[str, int]:
         return {name: min(out_channels(layers[name]), max(1, round(factor * n))) for name, n in counts.items()}
 
+    @functools.cache
+    def folded_params(kept: tuple[tuple[str, int], ...]) -> int:
+        exact = {name: k / out_channels(layers[name]) for name, k in kept}  # attach_branches keeps floor(r * C) = k
+        return count_parameters(pruned_and_folded(model, exact))
+
     def params(factor: float) -> int:
-        ratios = {name: min(1.0, (k + 0.5) / out_channels(layers[name])) for name, k in widths(factor).items()}
-        return count_parameters(pruned_and_folded(model, ratios))
+        return folded_params(tuple(widths(factor).items()))  # the bisection meets few distinct widths
 
     low, high = 0.0, max(out_channels(layers[n]) / max(1, c) for n, c in counts.items())
     for _ in range(40):

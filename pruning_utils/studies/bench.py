@@ -46,7 +46,7 @@ from torch import nn
 from ..config import PACKAGE_DIR, RUNS_DIR
 from ..engine.checkpoints import load_checkpoint, load_model_state
 from ..engine.models import RGBAutoencoder, vgg16
-from ..engine.sizes import count_macs, count_parameters
+from ..engine.sizes import count_macs, count_parameters, subnormal_mask
 from ..harness.records import format_table, machine
 from ..method.branches import attach_branches, check_keep_ratio, set_alpha
 from ..method.folding import fold, fuse_batchnorm, load_plain
@@ -187,8 +187,7 @@ def checkpoint_bytes(model: nn.Module) -> int:
 
 def subnormal_weights(model: nn.Module) -> int:
     """Number of subnormal values in the parameters and buffers (they can slow CPU kernels down)."""
-    return sum(int(((t != 0) & (t.abs() < torch.finfo(t.dtype).tiny)).sum())
-               for t in model.state_dict().values() if t.is_floating_point())
+    return sum(int(subnormal_mask(t).sum()) for t in model.state_dict().values())
 
 
 def peak_cuda_memory_mib(model: nn.Module, input_shape: tuple[int, ...], batch_size: int,
