@@ -271,3 +271,14 @@ def test_bench_uses_the_shared_keep_ratio_check():
     from pruning_utils.studies import bench
 
     assert bench.check_keep_ratio is branches.check_keep_ratio
+
+
+def test_integer_widths_name_the_kept_channels_exactly():
+    model = pu.attach_branches(models.vgg16(width=0.125), widths={"features.0": 3, "features.3": 5})
+    assert {n: u.kept for n, u in branches.branched_units(model).items()} == {"features.0": 3, "features.3": 5}
+    for bad, message in (({"features.0": 0}, "integer in \\[1, 8\\]"), ({"features.0": 2.0}, "integer"),
+                         ({"nope": 2}, "not prunable units")):
+        with pytest.raises(ValueError, match=message):
+            pu.attach_branches(models.vgg16(width=0.125), widths=bad)
+    with pytest.raises(ValueError, match="either keep_ratio or widths"):
+        pu.attach_branches(models.vgg16(width=0.125), 0.5, widths={"features.0": 3})

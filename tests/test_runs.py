@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+from test_pruning import SCHEDULE, _branched, _loaders
 
 import pruning_utils as pu
 from pruning_utils.engine import data, models
@@ -17,7 +18,6 @@ from pruning_utils.engine.train import ResumeMismatchError, fit
 from pruning_utils.harness import cli, pretrained
 from pruning_utils.method import pruning
 from pruning_utils.studies import comparison
-from test_pruning import SCHEDULE, _branched, _loaders
 
 
 def test_an_explicit_teacher_is_never_changed():

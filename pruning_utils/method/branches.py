@@ -369,38 +369,34 @@ def _check_post_ops(model: nn.Module, unit: Unit) -> None:
                 f"remove or replace it, or exclude the unit {unit.name!r}")
 
 
-def attach_branches(model: nn.Module, keep_ratio: float | Mapping[str, float], include=None, exclude=None,
-                    init: str = DEFAULT.init, channel_multiple: int = 1) -> nn.Module:
+def attach_branches(model: nn.Module, keep_ratio: float | Mapping[str, float] | None = None, include=None,
+                    exclude=None, init: str = DEFAULT.init, channel_multiple: int = 1, *,
+                    widths: Mapping[str, int] | None = None) -> nn.Module:
     """Put a parallel branch beside every unit of ``model`` but the last; return ``model`` (changed in place).
 
     ``keep_ratio``: one ratio r in (0, 1] for all units, or a dict {unit name: r} naming exactly
     the units to branch. A unit keeps k = max(1, floor(r * C)) of its C channels (rounded to
-    ``channel_multiple`` if above 1). ``include`` / ``exclude``: module-name prefixes (e.g.
-    ``["encoder"]``). ``init``: ``"he"`` or ``"l1"`` (see :func:`make_branched_unit`). All
-    branches start at alpha = 1, where the model computes exactly what it did before.
+    ``channel_multiple`` if above 1). Or ``widths``: {unit name: k} naming the units and their kept channels
+    exactly (1 <= k <= C). ``include`` / ``exclude``: module-name prefixes (e.g. ``["encoder"]``). ``init``:
+    ``"he"`` or ``"l1"`` (see :func:`make_branched_unit`). All branches start at alpha = 1, where the model
+    computes exactly what it did before.
     """
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if (keep_ratio is None) == (widths is None):
+        raise ValueError("give either keep_ratio or widths")
     if branched_units(model):
         raise ValueError("the model already has branches; fold it or start from the unbranched model")
     units = prunable_units(model)
     if not units:
         raise UnsupportedModelError("the model has fewer than two linear layers: nothing can be pruned")
     chosen = _select_units(units, include, exclude)
-    if isinstance(keep_ratio, Mapping):
-        names = {u.name for u in units}
-        unknown = sorted(set(keep_ratio) - names)
-        if unknown:
-            raise ValueError(f"keep_ratio names {unknown}, which are not prunable units; units are {sorted(names)}")
-        ratios = {u.name: check_keep_ratio(keep_ratio[u.name], f"for {u.name!r}")
-                  for u in chosen if u.name in keep_ratio}
-    else:
-        ratio = check_keep_ratio(keep_ratio)
-        ratios = {u.name: ratio for u in chosen}
-    if not ratios:
+    kept = _kept_widths(model, units, chosen, widths if widths is not None else keep_ratio, channel_multiple,
+                        exact=widths is not None)
+    if not kept:
         raise ValueError("no unit selected: check include, exclude and keep_ratio")
     for unit in chosen:
-        if unit.name not in ratios:
+        if unit.name not in kept:
             continue
         bad = [n for n in unit.between if n in dict(model.named_modules()) and
                not isinstance(model.get_submodule(n), (nn.Flatten, nn.Identity, nn.Dropout))]
@@ -410,13 +406,37 @@ def attach_branches(model: nn.Module, keep_ratio: float | Mapping[str, float], i
         _check_post_ops(model, unit)
         layer = model.get_submodule(unit.name)
         post_ops = [model.get_submodule(n) for n in unit.post_ops]
-        branched = make_branched_unit(layer, post_ops, kept_channels(out_channels(layer), ratios[unit.name],
-                                                                     channel_multiple), init)
+        branched = make_branched_unit(layer, post_ops, kept[unit.name], init)
         branched.placeholders, branched.successor = list(unit.post_ops), unit.next_linear
         model.set_submodule(unit.name, branched)
         for name in unit.post_ops:
             model.set_submodule(name, nn.Identity())
     return model
+
+
+def _kept_widths(model: nn.Module, units: list[Unit], chosen: list[Unit], spec, channel_multiple: int, *,
+                 exact: bool) -> dict[str, int]:
+    """{unit name: k} of the chosen units from a ratio, a {name: ratio} dict, or (``exact``) a {name: k} dict."""
+    channels = {u.name: out_channels(model.get_submodule(u.name)) for u in chosen}
+    if not isinstance(spec, Mapping):
+        ratio = check_keep_ratio(spec)
+        return {name: kept_channels(c, ratio, channel_multiple) for name, c in channels.items()}
+    names = {u.name for u in units}
+    unknown = sorted(set(spec) - names)
+    if unknown:
+        what = "widths" if exact else "keep_ratio"
+        raise ValueError(f"{what} names {unknown}, which are not prunable units; units are {sorted(names)}")
+    if not exact:
+        return {name: kept_channels(c, check_keep_ratio(spec[name], f"for {name!r}"), channel_multiple)
+                for name, c in channels.items() if name in spec}
+    kept = {}
+    for name, c in channels.items():
+        if name in spec:
+            k = spec[name]
+            if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= c:
+                raise ValueError(f"the width of {name!r} must be an integer in [1, {c}], got {k!r}")
+            kept[name] = int(k)
+    return kept
 
 
 def _check_alpha(alpha, where: str = "") -> float:

@@ -15,8 +15,9 @@ def layer_widths(model: nn.Module) -> list[tuple[str, int]]:
     return [(name, out_channels(m)) for name, m in model.named_modules() if isinstance(m, LINEAR_TYPES)]
 
 
-def pruned_and_folded(model: nn.Module, keep_ratio, **attach_options) -> nn.Module:
-    """The folded network of a copy of ``model`` pruned at ``keep_ratio`` (branch weights as initialised)."""
+def pruned_and_folded(model: nn.Module, keep_ratio=None, **attach_options) -> nn.Module:
+    """The folded network of a copy of ``model`` pruned at ``keep_ratio`` or with ``widths=`` (see
+    :func:`~pruning_utils.attach_branches`; branch weights as initialised)."""
     pruned = attach_branches(copy.deepcopy(model), keep_ratio, **attach_options)
     set_alpha(pruned, 0.0)
     return fold(pruned)

@@ -269,8 +269,7 @@ def widths_for_budget(model: nn.Module, counts: dict[str, int], target_params: i
 
     @functools.cache
     def folded_params(kept: tuple[tuple[str, int], ...]) -> int:
-        exact = {name: k / out_channels(layers[name]) for name, k in kept}  # attach_branches keeps floor(r * C) = k
-        return count_parameters(pruned_and_folded(model, exact))
+        return count_parameters(pruned_and_folded(model, widths=dict(kept)))
 
     def params(factor: float) -> int:
         return folded_params(tuple(widths(factor).items()))  # the bisection meets few distinct widths
