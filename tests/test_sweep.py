@@ -125,11 +125,13 @@ def test_a_killed_sweep_resumes_losing_only_the_run_in_flight(toy, tmp_path, cap
         time.sleep(0.2)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    assert sweep.finished(out, "SIZE=1") and not sweep.finished(out, "SIZE=2"), log.read_text()
+    assert sweep.finished(out, "SIZE=1", {"SIZE": 1}) and not sweep.finished(out, "SIZE=2", {"SIZE": 2}), log.read_text()
     first = (out / "SIZE=1.json").stat().st_mtime_ns
     capsys.readouterr()
     rows = sweep.run_sweep(toy, grid, out)
     assert "2 runs, 1 already done, 1 to run" in capsys.readouterr().out
     assert (out / "SIZE=1.json").stat().st_mtime_ns == first and [r["run.val_acc"] for r in rows] == [10.0, 20.0]
-    assert sweep.finished(out, "SIZE=2")
+    assert sweep.finished(out, "SIZE=2", {"SIZE": 2})
     assert not list(out.glob("*.running.ipynb"))
+    with pytest.raises(ValueError, match="recorded with other parameters"):  # same run name, other fixed values
+        sweep.run_sweep(toy, write_grid(tmp_path / "other.yaml", "fixed: {LABEL: b}\ngrid: {SIZE: [1, 2]}\n"), out)

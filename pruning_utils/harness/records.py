@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from ..config import FIGURES_DIR, QUICK_FIGURES_DIR, REPO_ROOT
+from ..engine.checkpoints import atomic_write
 from ..engine.distributed import is_main
 
 
@@ -50,14 +51,12 @@ def write_record(path: str | Path, notebook: str, parameters: dict, metrics: dic
     path = Path(path)
     if not is_main():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
     record = {"notebook": notebook, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
               "command": papermill_command(notebook, parameters), "parameters": parameters,
               "machine": machine(), "metrics": metrics, **extra}
-    partial = path.with_name(f"{path.name}.partial")
-    partial.write_text(json.dumps(record, indent=2, default=float) + "\n")
-    partial.replace(path)  # atomic: a reader (or a resumed sweep) never sees half a record
-    return path
+    text = json.dumps(record, indent=2, default=float) + "\n"
+    # atomic and locked: a reader (or a resumed sweep) never sees half a record, two writers never mix theirs
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def read_record(path: str | Path) -> dict:

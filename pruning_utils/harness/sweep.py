@@ -107,7 +107,7 @@ def run_sweep(notebook: str | Path, grid_file: str | Path, out: str | Path | Non
     out = Path(out) if out else RUNS_DIR / "sweeps" / f"{notebook.stem}_{Path(grid_file).stem}"
     out.mkdir(parents=True, exist_ok=True)
     runs = plan_runs(fixed, grid)
-    todo = [(name, params) for name, params in runs if not finished(out, name)]
+    todo = [(name, params) for name, params in runs if not finished(out, name, params)]
     threads = max(1, (os.cpu_count() or 1) // min(jobs, max(1, len(todo))))
     print(f"{len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to run with {jobs} at once in {out}")
     failed = run_all(notebook, out, todo, jobs=jobs, threads=threads)
@@ -121,9 +121,20 @@ def run_sweep(notebook: str | Path, grid_file: str | Path, out: str | Path | Non
     return rows
 
 
-def finished(out: Path, name: str) -> bool:
-    """Whether run ``name`` completed: its executed notebook and its metrics JSON are both there."""
-    return (out / f"{name}.ipynb").is_file() and (out / f"{name}.json").is_file()
+def finished(out: Path, name: str, parameters: dict) -> bool:
+    """Whether run ``name`` completed: its executed notebook and its metrics JSON are both there. A finished run
+    recorded with other values of the sweep's parameters (another grid file's run in this folder) is an error,
+    never taken for this one."""
+    record = out / f"{name}.json"
+    if not ((out / f"{name}.ipynb").is_file() and record.is_file()):
+        return False
+    recorded = json.loads(record.read_text()).get("parameters", {})
+    differ = {k: (recorded.get(k), v) for k, v in json.loads(json.dumps(parameters)).items() if recorded.get(k) != v}
+    if differ:
+        listed = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in differ.items())
+        raise ValueError(f"{record} was recorded with other parameters ({listed}): use another output folder "
+                         f"(--out) or delete that run to rerun it")
+    return True
 
 
 def run_all(notebook: Path, out: Path, todo: list[tuple[str, dict]], *, jobs: int, threads: int) -> list[str]:
