@@ -150,6 +150,11 @@ def trace_chain(model: nn.Module) -> list[tuple[str, str]]:
     return steps
 
 
+def has_state(module: nn.Module) -> bool:
+    """Whether ``module`` holds parameters or buffers (calling it at two places would share them)."""
+    return next(iter((*module.parameters(), *module.buffers())), None) is not None
+
+
 def find_units(model: nn.Module) -> list[Unit]:
     """All units of ``model`` in forward order; each knows the linear operator that consumes its output."""
     units: list[Unit] = []
@@ -157,7 +162,8 @@ def find_units(model: nn.Module) -> list[Unit]:
     current: Unit | None = None
     for kind, name in trace_chain(model):
         if kind in ("linear", "post") and name in seen:
-            raise UnsupportedModelError(
+            stateful = has_state(model.get_submodule(name))  # a stateless one: the graph reading takes it
+            raise (UnsupportedModelError if stateful else NotAChainError)(
                 f"module {name!r} is called at more than one place in the forward; give each place its own module")
         seen.add(name)
         if kind == "linear":

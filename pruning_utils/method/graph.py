@@ -43,6 +43,7 @@ from .branches import (
     POST_OP_TYPES,
     RESHAPE_METHODS,
     UnsupportedModelError,
+    has_state,
     kept_widths,
     make_branched_unit,
     out_channels,
@@ -103,7 +104,7 @@ def trace_graph(model: nn.Module) -> torch.fx.GraphModule:
     calls = Counter(node.target for node in traced.graph.nodes if node.op == "call_module")
     for name, count in calls.items():
         module = traced.get_submodule(name)
-        if count > 1 and next(iter((*module.parameters(), *module.buffers())), None) is not None:
+        if count > 1 and has_state(module):
             raise UnsupportedModelError(
                 f"module {name!r} ({type(module).__name__}) holds parameters or buffers and is called at {count} "
                 f"places in the forward; give each place its own module")
@@ -334,7 +335,7 @@ def _encode(arg):
     if isinstance(arg, torch.fx.Node):
         return {"node": arg.name}
     if isinstance(arg, (tuple, list)):
-        return {type(arg).__name__: [_encode(a) for a in arg]}
+        return {"tuple" if isinstance(arg, tuple) else "list": [_encode(a) for a in arg]}
     if isinstance(arg, slice):
         return {"slice": [_encode(arg.start), _encode(arg.stop), _encode(arg.step)]}
     if arg is None or isinstance(arg, (bool, int, float, str)):
