@@ -52,6 +52,11 @@ class UnsupportedModelError(ValueError):
     """The model is not a chain of units this module can branch and fold; the message names the place."""
 
 
+class NotAChainError(UnsupportedModelError):
+    """The forward is not a single chain of torch.nn layers (branch-and-merge, functional operations):
+    :func:`attach_branches` then reads it as a graph (:mod:`pruning_utils.method.graph`)."""
+
+
 # --------------------------------------------------------------------------------------------
 # Reading a model as a chain of units
 # --------------------------------------------------------------------------------------------
@@ -70,7 +75,7 @@ def _is_shape_query(node: torch.fx.Node) -> bool:
         node.op == "call_function" and node.target is getattr and node.args[1] in ("shape", "ndim"))
 
 
-def _shape_nodes(graph: torch.fx.Graph) -> set[torch.fx.Node]:
+def shape_nodes(graph: torch.fx.Graph) -> set[torch.fx.Node]:
     """Shape queries and the arithmetic on their results (``x.shape[0]``, ``x.size(1) * x.size(2)``): no data."""
     shapes: set[torch.fx.Node] = set()
     for node in graph.nodes:
@@ -102,7 +107,7 @@ def _step_kind(node: torch.fx.Node, root: nn.Module) -> tuple[str, str]:
         raise UnsupportedModelError(
             f"the forward reads the tensor {node.target!r} directly; only chains of torch.nn layers are supported")
     what = getattr(node.target, "__name__", str(node.target))
-    raise UnsupportedModelError(
+    raise NotAChainError(
         f"operation {what!r} (graph node {node.name!r}) is not supported in a prunable chain: use torch.nn "
         f"modules (e.g. nn.ReLU instead of F.relu) and no branch-and-merge (additions, concatenations)")
 
@@ -117,32 +122,37 @@ def trace_chain(model: nn.Module) -> list[tuple[str, str]]:
         ) from err
     steps: list[tuple[str, str]] = []
     previous = None
-    shapes = _shape_nodes(graph)
+    shapes = shape_nodes(graph)
     for node in graph.nodes:
         if node.op == "placeholder":
             if previous is not None:
-                raise UnsupportedModelError("the model takes more than one input; only single-input chains are supported")
+                raise NotAChainError("the model takes more than one input; only single-input chains are supported")
             previous = node
             continue
         if node in shapes:
             continue
         if node.op == "output":
             if node.args[0] is not previous:
-                raise UnsupportedModelError("the model's output is not the last layer's output (not a chain)")
+                raise NotAChainError("the model's output is not the last layer's output (not a chain)")
             break
         data_inputs = [a for a in node.all_input_nodes if a not in shapes]
         if data_inputs != [previous]:
-            raise UnsupportedModelError(
+            raise NotAChainError(
                 f"graph node {node.name!r} (target {node.target!r}) does not take exactly the previous layer's output: "
                 f"branch-and-merge structures (residuals, concatenations) are not supported")
         users = [u for u in previous.users if u not in shapes]
         if len(users) > 1:
-            raise UnsupportedModelError(
+            raise NotAChainError(
                 f"the output of {previous.name!r} feeds {len(users)} layers ({', '.join(u.name for u in users)}): "
                 f"branch-and-merge structures are not supported")
         steps.append(_step_kind(node, model))
         previous = node
     return steps
+
+
+def has_state(module: nn.Module) -> bool:
+    """Whether ``module`` holds parameters or buffers (calling it at two places would share them)."""
+    return next(iter((*module.parameters(), *module.buffers())), None) is not None
 
 
 def find_units(model: nn.Module) -> list[Unit]:
@@ -152,7 +162,8 @@ def find_units(model: nn.Module) -> list[Unit]:
     current: Unit | None = None
     for kind, name in trace_chain(model):
         if kind in ("linear", "post") and name in seen:
-            raise UnsupportedModelError(
+            stateful = has_state(model.get_submodule(name))  # a stateless one: the graph reading takes it
+            raise (UnsupportedModelError if stateful else NotAChainError)(
                 f"module {name!r} is called at more than one place in the forward; give each place its own module")
         seen.add(name)
         if kind == "linear":
@@ -194,6 +205,7 @@ class BranchedUnit(nn.Module):
         self.original_frozen = False
         self.placeholders: list[str] = []  # where the post-ops stood (now nn.Identity), set by attach_branches
         self.successor: str | None = None  # the linear layer that consumes this unit's output
+        self.slices: list | None = None  # in a graph model: where E folds (graph.Slice), set by graph.attach
         self.register_load_state_dict_post_hook(BranchedUnit._sync_alpha)
 
     @staticmethod
@@ -331,7 +343,7 @@ def make_branched_unit(layer: nn.Module, post_ops: list[nn.Module], k: int,
 # --------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------
-def _select_units(units: list[Unit], include, exclude) -> list[Unit]:
+def select_units(units: list[Unit], include, exclude) -> list[Unit]:
     def check(prefixes, label):
         prefixes = [prefixes] if isinstance(prefixes, str) else list(prefixes or [])
         for prefix in prefixes:
@@ -358,21 +370,31 @@ def check_keep_ratio(value, where: str = "") -> float:
     return float(scalar)
 
 
-def _check_post_ops(model: nn.Module, unit: Unit) -> None:
-    layer = model.get_submodule(unit.name)
+def post_op_misfit(layer_name: str, layer: nn.Module, post_ops: Mapping[str, nn.Module]) -> str | None:
+    """Why one of ``post_ops`` ({name: module}) cannot follow ``layer`` in a branch, or None."""
     misfits, reason = next((ops, why) for kinds, ops, why in MISFIT_POST_OPS if isinstance(layer, kinds))
-    for name in unit.post_ops:
-        op = model.get_submodule(name)
+    for name, op in post_ops.items():
         if isinstance(op, misfits):
-            raise UnsupportedModelError(
-                f"{name!r} ({type(op).__name__}) after unit {unit.name!r} ({type(layer).__name__}) {reason}; "
-                f"remove or replace it, or exclude the unit {unit.name!r}")
+            return (f"{name!r} ({type(op).__name__}) after unit {layer_name!r} ({type(layer).__name__}) {reason}; "
+                    f"remove or replace it, or exclude the unit {layer_name!r}")
+    return None
+
+
+def _check_post_ops(model: nn.Module, unit: Unit) -> None:
+    misfit = post_op_misfit(unit.name, model.get_submodule(unit.name),
+                            {name: model.get_submodule(name) for name in unit.post_ops})
+    if misfit:
+        raise UnsupportedModelError(misfit)
 
 
 def attach_branches(model: nn.Module, keep_ratio: float | Mapping[str, float] | None = None, include=None,
                     exclude=None, init: str = DEFAULT.init, channel_multiple: int = 1, *,
                     widths: Mapping[str, int] | None = None) -> nn.Module:
     """Put a parallel branch beside every unit of ``model`` but the last; return ``model`` (changed in place).
+
+    A model that is not a chain (residual additions, concatenations, functional operations) is read as a graph
+    (:func:`pruning_utils.method.graph.branch_plan` tells which units get a branch and why the others do not):
+    the result is then a new ``torch.fx.GraphModule`` over the model's own layers; use it, not ``model``.
 
     ``keep_ratio``: one ratio r in (0, 1] for all units, or a dict {unit name: r} naming exactly
     the units to branch. A unit keeps k = max(1, floor(r * C)) of its C channels (rounded to
@@ -387,11 +409,18 @@ def attach_branches(model: nn.Module, keep_ratio: float | Mapping[str, float] | 
         raise ValueError("give either keep_ratio or widths")
     if branched_units(model):
         raise ValueError("the model already has branches; fold it or start from the unbranched model")
-    units = prunable_units(model)
+    try:
+        units = prunable_units(model)
+    except NotAChainError:
+        from .graph import attach_graph_branches
+
+        return attach_graph_branches(model, widths if widths is not None else keep_ratio, include=include,
+                                     exclude=exclude, init=init, channel_multiple=channel_multiple,
+                                     exact=widths is not None)
     if not units:
         raise UnsupportedModelError("the model has fewer than two linear layers: nothing can be pruned")
-    chosen = _select_units(units, include, exclude)
-    kept = _kept_widths(model, units, chosen, widths if widths is not None else keep_ratio, channel_multiple,
+    chosen = select_units(units, include, exclude)
+    kept = kept_widths(model, units, chosen, widths if widths is not None else keep_ratio, channel_multiple,
                         exact=widths is not None)
     if not kept:
         raise ValueError("no unit selected: check include, exclude and keep_ratio")
@@ -414,7 +443,7 @@ def attach_branches(model: nn.Module, keep_ratio: float | Mapping[str, float] | 
     return model
 
 
-def _kept_widths(model: nn.Module, units: list[Unit], chosen: list[Unit], spec, channel_multiple: int, *,
+def kept_widths(model: nn.Module, units: list[Unit], chosen: list[Unit], spec, channel_multiple: int, *,
                  exact: bool) -> dict[str, int]:
     """{unit name: k} of the chosen units from a ratio, a {name: ratio} dict, or (``exact``) a {name: k} dict."""
     channels = {u.name: out_channels(model.get_submodule(u.name)) for u in chosen}

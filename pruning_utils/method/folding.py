@@ -6,21 +6,26 @@ reshapes in between, so it is multiplied into that layer's weight:
 * Conv2d W [out, C, kh, kw]:           W'[o, j] = sum_c W[o, c] E[c, j]
 * ConvTranspose2d W [C, out, kh, kw]:  W'[j, o] = sum_c E[c, j] W[c, o]
 * Linear after Flatten of [C, H, W]:   W viewed as [out, C, H*W], folded over C, viewed back.
+
+In a model that is not a chain (:mod:`pruning_utils.method.graph`), a consumer may take several units' channels
+(a concatenation): it is folded with one block-diagonal expansion over all its input channels.
 """
 from __future__ import annotations
 
 import copy
 import inspect
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from pathlib import Path
 
 import torch
+import torch.fx
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from ..engine.checkpoints import load_checkpoint, load_model_state, save_checkpoint
 from ..engine.sizes import subnormal_mask
 from .branches import BranchedUnit, UnsupportedModelError, branched_units, trace_chain
+from .graph import graph_from_nodes, graph_nodes
 
 
 def expansion_matrix(unit: BranchedUnit) -> torch.Tensor:
@@ -134,8 +139,9 @@ def fold(model: nn.Module, fuse_bn: bool = False, flush_subnormals: bool = True)
     """A new plain network equal to ``model`` at alpha = 0, with every pruned unit k channels wide.
 
     The result holds only standard torch.nn layers: nested ``nn.Sequential`` mirroring the model's
-    own containers when these are all Sequential, else one flat ``nn.Sequential`` in forward order.
-    ``model`` is left unchanged. ``fuse_bn`` fuses BatchNorm into the preceding layer (still exact,
+    own containers when these are all Sequential, else one flat ``nn.Sequential`` in forward order; for a
+    model read as a graph, its ``torch.fx.GraphModule`` with each branched unit replaced by its branch (an
+    ``nn.Sequential``: narrow layer and post-ops) and the consumers narrowed. ``model`` is left unchanged. ``fuse_bn`` fuses BatchNorm into the preceding layer (still exact,
     eval mode); ``flush_subnormals`` zeroes subnormal weights, which can slow CPU kernels.
     """
     units = branched_units(model)
@@ -146,6 +152,20 @@ def fold(model: nn.Module, fuse_bn: bool = False, flush_subnormals: bool = True)
         raise ValueError(f"fold needs alpha = 0 in every unit; these are not: {nonzero}. Finish the schedule "
                          f"or call set_alpha(model, 0.0) (the original path is then dropped)")
     folded = copy.deepcopy(model)
+    if any(unit.slices is not None for unit in units.values()):
+        if fuse_bn:
+            raise UnsupportedModelError("fuse_bn is available for chains only, not for a model read as a graph")
+        folded = _fold_graph(folded)
+    else:
+        folded = _fold_chain(folded)
+    if fuse_bn:
+        fuse_batchnorm(folded)
+    if flush_subnormals:
+        flush_denormals(folded)
+    return folded
+
+
+def _fold_chain(folded: nn.Module) -> nn.Module:
     units = branched_units(folded)
     for name, unit in units.items():
         if unit.successor is None:
@@ -156,12 +176,37 @@ def fold(model: nn.Module, fuse_bn: bool = False, flush_subnormals: bool = True)
         folded.set_submodule(name, unit.branch[0])
         for place, op in zip(unit.placeholders, list(unit.branch)[1:]):
             folded.set_submodule(place, op)
-    folded = _plain(folded) if _only_sequential_containers(folded) else _as_flat_chain(folded)
-    if fuse_bn:
-        fuse_batchnorm(folded)
-    if flush_subnormals:
-        flush_denormals(folded)
+    return _plain(folded) if _only_sequential_containers(folded) else _as_flat_chain(folded)
+
+
+def _fold_graph(folded: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Narrow each consumer by the expansions that feed it, then replace each branched unit by its branch."""
+    units = branched_units(folded)
+    feeds = defaultdict(list)
+    for unit in units.values():
+        for piece in unit.slices:
+            feeds[piece.consumer].append((piece, unit))
+    for consumer, parts in feeds.items():
+        target_name, target = _linear_at(folded, consumer)
+        folded.set_submodule(target_name, fold_into(target, _block_expansion(parts)))
+    for name, unit in units.items():
+        folded.set_submodule(name, _plain(unit.branch))
+    folded.delete_all_unused_submodules()
     return folded
+
+
+def _block_expansion(parts: list) -> torch.Tensor:
+    """[total, k_total]: each unit's E at its slice of the consumer's input channels, identity elsewhere."""
+    first = expansion_matrix(parts[0][1])
+    eye = torch.eye(parts[0][0].total, dtype=first.dtype, device=first.device)
+    columns, at = [], 0
+    for piece, unit in sorted(parts, key=lambda part: part[0].offset):
+        expansion = expansion_matrix(unit)
+        block = eye.new_zeros(piece.total, expansion.shape[1])
+        block[piece.offset:piece.offset + expansion.shape[0]] = expansion
+        columns += [eye[:, at:piece.offset], block]
+        at = piece.offset + expansion.shape[0]
+    return torch.cat([*columns, eye[:, at:]], 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,7 +230,12 @@ def _constructor_args(module: nn.Module) -> dict:
 
 
 def describe(model: nn.Module) -> dict:
-    """A JSON-able description of a tree of nn.Sequential containers and standard torch.nn layers."""
+    """A JSON-able description of a tree of nn.Sequential containers and standard torch.nn layers, or of a
+    ``torch.fx.GraphModule`` over such modules (its graph as data: see :func:`~.graph.graph_nodes`)."""
+    if isinstance(model, torch.fx.GraphModule):
+        targets = dict.fromkeys(n.target for n in model.graph.nodes if n.op == "call_module")
+        return {"type": "GraphModule", "modules": [[t, describe(model.get_submodule(t))] for t in targets],
+                "nodes": graph_nodes(model.graph)}
     if isinstance(model, nn.Sequential):
         return {"type": "Sequential", "children": [[n, describe(c)] for n, c in model.named_children()]}
     if type(model).__module__.split(".")[:2] != ["torch", "nn"] or list(model.children()):
@@ -196,6 +246,9 @@ def describe(model: nn.Module) -> dict:
 def build(description: dict) -> nn.Module:
     """The module a :func:`describe` description stands for (fresh weights)."""
     kind = description["type"]
+    if kind == "GraphModule":
+        modules = {name: build(child) for name, child in description["modules"]}
+        return torch.fx.GraphModule(modules, graph_from_nodes(description["nodes"]))
     if kind == "Sequential":
         return nn.Sequential(OrderedDict((name, build(child)) for name, child in description["children"]))
     layer_type = getattr(nn, kind, None)
@@ -206,7 +259,10 @@ def build(description: dict) -> nn.Module:
 
 
 def save_plain(model: nn.Module, path: str | Path) -> Path:
-    """Save a plain (folded) network as an architecture description and a state_dict (no pickled code)."""
+    """Save a plain (folded) network as an architecture description and a state_dict (no pickled code).
+
+    A folded graph model is written as its modules' descriptions and its graph's nodes, whose functions are
+    named (and, on loading, looked up in a fixed list): no template model is needed to load it."""
     return save_checkpoint(path, architecture=describe(model), state_dict=model.state_dict())
 
 
