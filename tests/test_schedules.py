@@ -46,9 +46,11 @@ def test_make_schedule_and_errors():
         S.Stage(0.5, 0.5, 0)
 
 
-def test_notebook_parameters_fill_a_ramp_from_the_profile_epochs():
-    ramp = S.from_parameters("linear", None, 8, ramp_epochs=None, final_epochs=None)
+def test_the_recipe_fills_a_ramp_from_the_epochs():
+    from pruning_utils import Recipe
+
+    ramp = Recipe().schedule_for(8)
     assert [(s.epochs, s.shape) for s in ramp] == [(2, "linear"), (6, "constant")]
-    assert [s.epochs for s in S.from_parameters("cosine", None, 4, ramp_epochs=None, final_epochs=None)] == [1, 3]
-    assert [s.epochs for s in S.from_parameters("linear", None, 40, ramp_epochs=5, final_epochs=None)] == [5, 35]
-    assert [s.epochs for s in S.from_parameters("step", None, 8, delta=0.25)] == [2, 2, 2, 2]
+    assert [s.epochs for s in Recipe(schedule="cosine").schedule_for(4)] == [1, 3]
+    assert [s.epochs for s in Recipe(ramp_epochs=5).schedule_for(40)] == [5, 35]
+    assert [s.epochs for s in Recipe(schedule="step", stage_delta=0.25).schedule_for(8)] == [2, 2, 2, 2]

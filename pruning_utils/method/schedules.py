@@ -136,20 +136,5 @@ def make_schedule(kind: str, epochs_per_stage: int = 2, *, delta: float = 0.1, r
     raise ValueError(f"schedule kind must be one of {KINDS}, got {kind!r}")
 
 
-def from_parameters(kind: str, epochs_per_stage: int | None, default_epochs: int, **options) -> list[Stage]:
-    """:func:`make_schedule` for notebook parameters: ``epochs_per_stage=None`` spreads ``default_epochs``
-    over the stages of a stage schedule (at least one epoch each); for a ramp, ``ramp_epochs=None`` takes a
-    quarter of ``default_epochs`` (at least one; 2 of 8 in notebook 08's study) and ``final_epochs=None`` the rest
-    (at least one)."""
-    if kind in ("linear", "cosine"):
-        if options.get("ramp_epochs") is None:
-            options["ramp_epochs"] = max(1, default_epochs // 4)
-        if options.get("final_epochs") is None:
-            options["final_epochs"] = max(1, default_epochs - options["ramp_epochs"])
-    if epochs_per_stage is None:
-        epochs_per_stage = max(1, default_epochs // len(make_schedule(kind, 1, **options)))
-    return make_schedule(kind, epochs_per_stage, **options)
-
-
 def total_epochs(schedule: list[Stage]) -> int:
     return sum(stage.epochs for stage in schedule)
