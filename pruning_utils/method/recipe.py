@@ -74,9 +74,10 @@ class Recipe:
 
     def with_changes(self, **changes) -> "Recipe":
         """A copy with ``changes``; unknown names are refused with the list of settings."""
-        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        names = [f.name for f in dataclasses.fields(self)]
+        unknown = sorted(set(changes) - set(names))
         if unknown:
-            raise ValueError(f"unknown recipe settings {unknown}; a Recipe has {[f.name for f in dataclasses.fields(self)]}")
+            raise ValueError(f"unknown recipe settings {unknown}; a Recipe has {names}")
         return dataclasses.replace(self, **changes)
 
     def for_task(self, task: str | Task) -> "Recipe":
