@@ -35,6 +35,8 @@ class Profile:
     photo_source: str
     vgg_width: float
     vgg_epochs: int
+    resnet_width: float
+    resnet_epochs: int
     ae_width: float
     ae_epochs: int
     batch_size: int
@@ -48,12 +50,12 @@ class Profile:
 
 PROFILES = {profile.name: profile for profile in (
     Profile("quick", classification_source="embedded", photo_source="embedded", vgg_width=0.125, vgg_epochs=4,
-            ae_width=0.125, ae_epochs=8, batch_size=64, ae_batch_size=16, lr=0.05, ae_lr=3e-3, prune_epochs=4,
-            crops_per_photo=32,
+            resnet_width=0.25, resnet_epochs=4, ae_width=0.125, ae_epochs=8, batch_size=64, ae_batch_size=16,
+            lr=0.05, ae_lr=3e-3, prune_epochs=4, crops_per_photo=32,
             notes="smoke scale on data shipped with scikit-learn and scikit-image; minutes on 2 CPU cores"),
     Profile("full", classification_source=str(DATA_DIR / "cifar10"), photo_source=str(DATA_DIR / "photos"),
-            vgg_width=1.0, vgg_epochs=100, ae_width=1.0, ae_epochs=100, batch_size=128, ae_batch_size=32, lr=0.05,
-            ae_lr=1e-3, prune_epochs=40, crops_per_photo=16,
+            vgg_width=1.0, vgg_epochs=100, resnet_width=1.0, resnet_epochs=100, ae_width=1.0, ae_epochs=100,
+            batch_size=128, ae_batch_size=32, lr=0.05, ae_lr=1e-3, prune_epochs=40, crops_per_photo=16,
             notes="the seeds' scale: full CIFAR-10 and a photo folder; meant for a GPU"),
 )}
 

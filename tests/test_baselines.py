@@ -215,3 +215,27 @@ def test_zeros_keep_the_dense_cost():
     assert by_variant["magnitude (zeros)"]["macs"] == macs > by_variant["filter-pruned"]["macs"]
     assert by_variant["magnitude (zeros)"]["params"] == by_variant["filter-pruned"]["params"]
     assert all(r["speedup"] > 0 and r["s_per_image"] > 0 for r in rows)
+
+
+def test_torch_pruning_prunes_a_resnet_to_the_widths_of_the_shared_selections():
+    model = models.resnet_cifar(20, width=0.25).eval()
+    pruned = baselines.torch_pruning_l1(model, 0.5, (3, 32, 32)).eval()
+    folded = budget.pruned_and_folded(model, 0.5)
+    assert sizes.count_parameters(pruned) == sizes.count_parameters(folded) < sizes.count_parameters(model) / 3
+    assert sizes.count_macs(pruned, (3, 32, 32)) == sizes.count_macs(folded, (3, 32, 32))
+    assert pruned.stage3[2].conv2.out_channels == pruned.fc.in_features == 8
+
+
+def test_the_internal_arm_meets_the_budget_at_its_own_keep_ratio(digits, tmp_path):
+    loaders, shape = digits
+    model = models.resnet_cifar(20, width=0.25)
+    protocol = comparison.ComparisonConfig(epochs=2, recipe=Recipe(ramp_epochs=1))
+    rows = {r["method"]: r for r in comparison.compare(model, loaders, shape, [0.5], ["branches", "branches_internal"],
+                                                       protocol, results_dir=tmp_path, progress=False)}
+    assert rows["branches_internal"]["keep_ratio"] < rows["branches"]["keep_ratio"]
+    target = rows["branches"]["params"]  # integer widths of a tiny network: the budget is met to a few per cent
+    assert 0.95 * target <= rows["branches_internal"]["params"] <= 1.02 * target
+    assert all(r["fold_relative_max_difference"] <= 1e-5 for r in rows.values())
+    with pytest.raises(ValueError, match="internal units alone cannot meet the budget"):
+        comparison.compare(model, loaders, shape, [0.05], ["branches_internal"], protocol, results_dir=tmp_path,
+                           progress=False)

@@ -126,3 +126,16 @@ def test_bad_arguments():
         bench.build_variants("vgg16", keep_ratio=1.5)
     with pytest.raises(ValueError, match="ae_part"):
         bench.run(["autoencoder"], ae_part="middle")
+
+
+@pytest.mark.parametrize("kind", ["resnet20", "resnet18"])
+def test_resnets_fold_their_residual_channels_too(kind):
+    width = 0.25 if kind == "resnet20" else 1.0
+    variants = bench.build_variants(kind, width=width, keep_ratio=0.5, fuse_bn=True)
+    macs = {name: bench.count_macs(m, bench.MODELS[kind]) for name, m in variants.items()}
+    assert macs["folded"] < 0.4 * macs["original"]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in variants["folded"].modules())
+    rows = bench.measure(kind, variants, [1], threads=1, min_run_time=0.01, ram=False, input_shape=(3, 32, 32))
+    assert {r["variant"] for r in rows} == set(bench.VARIANTS) and all(r["cpu_s_per_image"] > 0 for r in rows)
+    with pytest.raises(ValueError, match="one width"):
+        bench.original_model("resnet18", width=0.5)

@@ -20,7 +20,7 @@ def _perturb(model):
                 m.running_var.uniform_(0.5, 2)
                 m.weight.normal_(1, 0.2)
                 m.bias.normal_(0, 0.2)
-            if isinstance(m, branches.BranchedUnit):
+            if isinstance(m, branches.BranchedUnit) and hasattr(m.expand, "weight"):  # a learned E
                 m.expand.weight.normal_(0, 0.5)
     return model
 

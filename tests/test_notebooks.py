@@ -25,6 +25,9 @@ TINY = {
     "08_method_ablations.ipynb": {"VGG_WIDTH": 0.0625, "BASELINE_EPOCHS": 1, "EPOCHS": 3, "TRAIN_SIZE": 256,
                                   "ARMS": ["reference", "ce_kd", "deep_first", "torch_pruning_l1"], "SEEDS": [0, 1],
                                   "MIN_GAIN": -100.0, "RESUME": False},
+    "09_resnet_pruning.ipynb": {"BASELINE_EPOCHS": 1, "EPOCHS": 2, "BRANCH_RECIPE": {"ramp_epochs": 1},
+                                "FRACTIONS": [0.35], "SPEED_BATCH_SIZES": [1], "SPEED_MIN_RUN_TIME": 0.01,
+                                "SPEED_REPEATS": 1, "RESUME": False},
 }
 
 
@@ -97,7 +100,19 @@ def check_08(metrics, parameters):
     assert metrics["goal"]["over_rival_val"] == pytest.approx(best["mean"] - metrics["summary"][3]["mean"])
 
 
-CHECKS = {"08_method_ablations.ipynb": check_08, "07_comparison.ipynb": check_07, "06_benchmarking.ipynb": check_06, "01_baseline_training.ipynb": check_01, "02_vgg16_pruning.ipynb": check_02, "03_encoder_pruning.ipynb": check_03,
+def check_09(metrics, parameters):
+    rows = {r["method"]: r for r in metrics["rows"]}
+    assert list(rows) == parameters["METHODS"]
+    assert rows["branches"]["params"] == rows["torch_pruning_l1"]["params"] == rows["scratch"]["params"]
+    assert rows["branches_internal"]["keep_ratio"] < rows["branches"]["keep_ratio"]
+    assert all(rows[m]["fold_relative_max_difference"] <= 1e-5 for m in ("branches", "branches_internal"))
+    kinds = {e["name"]: e["kind"] for e in metrics["plan"]}
+    assert {n for n, k in kinds.items() if k == "left alone"} == {"fc"}
+    assert kinds["stage1.0.conv1"] == "learned E" and kinds["stage2.0.shortcut.0"] == "shared selection"
+    assert all(g["mac_ratio"] > 1 and g["speedup"] > 0 for g in metrics["speed"])
+
+
+CHECKS = {"09_resnet_pruning.ipynb": check_09, "08_method_ablations.ipynb": check_08, "07_comparison.ipynb": check_07, "06_benchmarking.ipynb": check_06, "01_baseline_training.ipynb": check_01, "02_vgg16_pruning.ipynb": check_02, "03_encoder_pruning.ipynb": check_03,
           "04_decoder_pruning.ipynb": check_04, "05_weight_folding.ipynb": check_05}
 
 

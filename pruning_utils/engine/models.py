@@ -1,4 +1,5 @@
-"""The seeds' two models, built only of plain torch.nn layers so pruning can read them as chains of units."""
+"""The seeds' two models, built only of plain torch.nn layers so pruning can read them as chains of units, and
+the CIFAR ResNet the field benchmarks structured pruning on (residual additions: read as a graph)."""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -89,12 +90,59 @@ class RGBAutoencoder(nn.Sequential):
         init_weights(self)
 
 
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers (ReLU between) added to the input, or to a 1x1 conv-BN shortcut where the shape
+    changes (He et al.'s option B), then ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                                          nn.BatchNorm2d(out_channels))
+        self.relu2 = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        return self.relu2(self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x))))) + self.shortcut(x))
+
+
+def resnet_cifar(depth: int = 20, num_classes: int = 10, width: float = 1.0, in_channels: int = 3) -> nn.Sequential:
+    """The CIFAR ResNet of He et al. (2016): a 3x3 stem, three stages of (depth - 2) / 6 basic blocks with 16, 32
+    and 64 channels (times ``width``; strides 1, 2, 2), global average pooling and a linear layer.
+
+    ResNet-20 at width 1: 0.27 M parameters, 41 M multiply-accumulates per 32x32 image.
+    """
+    _check_width(width)
+    if depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"depth must be 6n + 2 with n >= 1 (20, 32, 44, 56, 110), got {depth}")
+    blocks_per_stage = (depth - 2) // 6
+    channels = scaled(16, width)
+    layers = OrderedDict(stem=nn.Sequential(nn.Conv2d(in_channels, channels, 3, 1, 1, bias=False),
+                                            nn.BatchNorm2d(channels), nn.ReLU(inplace=True)))
+    for stage, (out, stride) in enumerate(zip((scaled(c, width) for c in (16, 32, 64)), (1, 2, 2)), start=1):
+        blocks = []
+        for i in range(blocks_per_stage):
+            blocks.append(BasicBlock(channels, out, stride if i == 0 else 1))
+            channels = out
+        layers[f"stage{stage}"] = nn.Sequential(*blocks)
+    layers.update(pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), fc=nn.Linear(channels, num_classes))
+    model = nn.Sequential(layers)
+    init_weights(model)
+    return model
+
+
 def init_weights(model: nn.Module) -> None:
     """The models' initialisation: He (fan-out) for convolutions, N(0, 0.01) for linear layers, BatchNorm at 1 and 0."""
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(module.bias)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
         elif isinstance(module, nn.BatchNorm2d):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)

@@ -1,4 +1,4 @@
-"""Train-or-load helpers for the two baseline models, so every notebook also runs on its own."""
+"""Train-or-load helpers for the baseline models, so every notebook also runs on its own."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +10,7 @@ from ..config import CHECKPOINT_DIR, get_device, seed_everything
 from ..engine.data import ImageSplits, PhotoSplits
 from ..engine.distributed import world_size
 from ..engine.identity import fingerprint
-from ..engine.models import RGBAutoencoder, vgg16
+from ..engine.models import RGBAutoencoder, resnet_cifar, vgg16
 from ..engine.speed import PLAIN, Speed
 from ..engine.train import fit
 from .records import slug
@@ -45,14 +45,36 @@ def vgg_baseline(data: ImageSplits, *, width: float, epochs: int, batch_size: in
     The checkpoint is resumed if a run was interrupted. ``speed``: see :class:`~pruning_utils.engine.speed.Speed`.
     Returns the model (on ``device``), the per-epoch history and the checkpoint path.
     """
-    device = get_device(device)
     path = Path(checkpoint) if checkpoint else baseline_checkpoint_path(
         "vgg16", data, width, epochs, seed, c=classifier, b=batch_size, lr=lr, wd=weight_decay)
     seed_everything(seed)
-    model = vgg16(data.num_classes, width=width, classifier=classifier).to(device)
+    model = vgg16(data.num_classes, width=width, classifier=classifier)
+    meta = {"model": "vgg16", "width": width, "classifier": classifier}
+    return _train_classifier(model, data, path, meta, epochs=epochs, batch_size=batch_size, lr=lr,
+                             weight_decay=weight_decay, seed=seed, device=device, progress=progress, speed=speed)
+
+
+def resnet_baseline(data: ImageSplits, *, depth: int, width: float, epochs: int, batch_size: int = 128,
+                    lr: float = 0.05, weight_decay: float = 5e-4, seed: int = 0, device=None, progress: bool = True,
+                    checkpoint: str | Path | None = None, speed: Speed = PLAIN) -> tuple[nn.Module, list[dict], Path]:
+    """Train the CIFAR ResNet (:func:`~pruning_utils.engine.models.resnet_cifar`) as :func:`vgg_baseline` does."""
+    path = Path(checkpoint) if checkpoint else baseline_checkpoint_path(
+        f"resnet{depth}", data, width, epochs, seed, b=batch_size, lr=lr, wd=weight_decay)
+    seed_everything(seed)
+    model = resnet_cifar(depth, data.num_classes, width=width)
+    meta = {"model": f"resnet{depth}", "width": width}
+    return _train_classifier(model, data, path, meta, epochs=epochs, batch_size=batch_size, lr=lr,
+                             weight_decay=weight_decay, seed=seed, device=device, progress=progress, speed=speed)
+
+
+def _train_classifier(model: nn.Module, data: ImageSplits, path: Path, meta: dict, *, epochs: int, batch_size: int,
+                      lr: float, weight_decay: float, seed: int, device, progress: bool,
+                      speed: Speed) -> tuple[nn.Module, list[dict], Path]:
+    device = get_device(device)
+    model = model.to(device)
     train, val, _ = data.loaders(batch_size, device=device, seed=seed)
-    meta = {"model": "vgg16", "width": width, "classifier": classifier, "num_classes": data.num_classes,
-            "batch_size": batch_size, "seed": seed, "data": data_identity(data)}
+    meta = {**meta, "num_classes": data.num_classes, "batch_size": batch_size, "seed": seed,
+            "data": data_identity(data)}
     history = fit(model, train, val, task="classification", epochs=epochs, lr=lr, weight_decay=weight_decay,
                   scheduler="onecycle", checkpoint=path, meta=meta, progress=progress, speed=speed)
     return model, history, path

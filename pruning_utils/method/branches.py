@@ -188,6 +188,33 @@ def prunable_units(model: nn.Module) -> list[Unit]:
 # --------------------------------------------------------------------------------------------
 # The branched unit
 # --------------------------------------------------------------------------------------------
+class ChannelSelection(nn.Module):
+    """E fixed to the 0/1 matrix of kept channels: the k channels of z go to ``index`` of C, zeros elsewhere.
+
+    It has no parameters; every unit a residual addition couples shares one (see
+    :mod:`pruning_utils.method.graph`)."""
+
+    def __init__(self, index: torch.Tensor, channels: int):
+        super().__init__()
+        self.register_buffer("index", index.clone())
+        self.channels = channels
+
+    @property
+    def in_channels(self) -> int:
+        return self.index.numel()
+
+    def matrix(self) -> torch.Tensor:
+        eye = torch.zeros(self.channels, self.in_channels, device=self.index.device)
+        eye[self.index, torch.arange(self.in_channels, device=self.index.device)] = 1.0
+        return eye
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z.new_zeros(z.shape[0], self.channels, *z.shape[2:]).index_copy(1, self.index, z)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels} of {self.channels} channels"
+
+
 class BranchedUnit(nn.Module):
     """``alpha * original(x) + (1 - alpha) * expand(branch(x))``.
 
@@ -215,7 +242,14 @@ class BranchedUnit(nn.Module):
     @property
     def kept(self) -> int:
         """Channels the branch keeps (k)."""
-        return self.expand.in_channels if isinstance(self.expand, nn.Conv2d) else self.expand.in_features
+        return self.expand.in_features if isinstance(self.expand, nn.Linear) else self.expand.in_channels
+
+    def expansion(self) -> torch.Tensor:
+        """E as a [C, k] matrix."""
+        if isinstance(self.expand, ChannelSelection):
+            return self.expand.matrix().to(self.branch[0].weight.dtype)
+        weight = self.expand.weight.detach()
+        return weight.reshape(weight.shape[0], weight.shape[1])
 
     def set_alpha(self, alpha: float) -> None:
         self.alpha.fill_(alpha)
@@ -312,18 +346,24 @@ def _copy_selected(layer: nn.Module, post_ops: list[nn.Module], narrow: nn.Modul
 
 
 def make_branched_unit(layer: nn.Module, post_ops: list[nn.Module], k: int,
-                       init: str = DEFAULT.init) -> BranchedUnit:
+                       init: str = DEFAULT.init, *, selection: torch.Tensor | None = None) -> BranchedUnit:
     """Build the :class:`BranchedUnit` for ``layer`` and its ``post_ops``, keeping ``k`` channels.
 
     ``init="he"``: He-normal branch weights (report 4), default expansion. ``init="l1"``: the k
     output channels of ``layer`` with the largest L1 norm are copied and the expansion is their
-    selection matrix, so the branch starts as a filter-pruned copy of the unit.
+    selection matrix, so the branch starts as a filter-pruned copy of the unit. ``selection`` (sorted channel
+    indices, k of them): the branch is those filters and E stays fixed to their selection
+    (:class:`ChannelSelection`), whatever ``init``.
     """
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
     channels = out_channels(layer)
     narrow = _narrow_copy(layer, k)
     narrow_ops = [_narrow_post_op(op, k) for op in post_ops]
+    if selection is not None:
+        _copy_selected(layer, post_ops, narrow, narrow_ops, selection)
+        return BranchedUnit(nn.Sequential(layer, *post_ops), nn.Sequential(narrow, *narrow_ops),
+                            ChannelSelection(selection, channels))
     factory = {"device": layer.weight.device, "dtype": layer.weight.dtype}
     expand = (nn.Linear(k, channels, bias=False, **factory) if isinstance(layer, nn.Linear)
               else nn.Conv2d(k, channels, 1, bias=False, **factory))
@@ -389,12 +429,14 @@ def _check_post_ops(model: nn.Module, unit: Unit) -> None:
 
 def attach_branches(model: nn.Module, keep_ratio: float | Mapping[str, float] | None = None, include=None,
                     exclude=None, init: str = DEFAULT.init, channel_multiple: int = 1, *,
-                    widths: Mapping[str, int] | None = None) -> nn.Module:
+                    widths: Mapping[str, int] | None = None, shared_selection: bool = True) -> nn.Module:
     """Put a parallel branch beside every unit of ``model`` but the last; return ``model`` (changed in place).
 
     A model that is not a chain (residual additions, concatenations, functional operations) is read as a graph
     (:func:`pruning_utils.method.graph.branch_plan` tells which units get a branch and why the others do not):
-    the result is then a new ``torch.fx.GraphModule`` over the model's own layers; use it, not ``model``.
+    the result is then a new ``torch.fx.GraphModule`` over the model's own layers; use it, not ``model``. There,
+    with ``shared_selection``, the units whose outputs a residual addition couples share one fixed selection of kept
+    filters (and so does a unit that only a selection can pass); without it they keep their full width.
 
     ``keep_ratio``: one ratio r in (0, 1] for all units, or a dict {unit name: r} naming exactly
     the units to branch. A unit keeps k = max(1, floor(r * C)) of its C channels (rounded to
@@ -416,7 +458,7 @@ def attach_branches(model: nn.Module, keep_ratio: float | Mapping[str, float] | 
 
         return attach_graph_branches(model, widths if widths is not None else keep_ratio, include=include,
                                      exclude=exclude, init=init, channel_multiple=channel_multiple,
-                                     exact=widths is not None)
+                                     exact=widths is not None, shared_selection=shared_selection)
     if not units:
         raise UnsupportedModelError("the model has fewer than two linear layers: nothing can be pruned")
     chosen = select_units(units, include, exclude)

@@ -36,15 +36,23 @@ def folded_size(model: nn.Module, keep_ratio: float, input_shape: tuple[int, ...
 
 
 def keep_ratio_for_fraction(model: nn.Module, fraction: float, tolerance: float = 0.005, **attach_options) -> float:
-    """The uniform keep ratio whose folded model keeps about ``fraction`` of the parameters (bisection)."""
+    """The uniform keep ratio whose folded model keeps about ``fraction`` of the parameters (bisection).
+
+    Widths are integers, so the fraction moves in steps: where no ratio lands within ``tolerance``, the ratio on
+    the side of the step that comes closer."""
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must be in (0, 1), got {fraction}")
     total = count_parameters(model)
+
+    def kept_fraction(ratio: float) -> float:
+        return count_parameters(pruned_and_folded(model, ratio, **attach_options)) / total
+
     low, high = 0.01, 1.0
-    for _ in range(30):
-        mid = (low + high) / 2
-        got = count_parameters(pruned_and_folded(model, mid, **attach_options)) / total
+    while True:  # on ratios of 4 decimals, so that the ratio returned is the one measured
+        mid = round((low + high) / 2, 4)
+        if mid in (low, high):
+            return min((low, high), key=lambda ratio: abs(kept_fraction(ratio) - fraction))
+        got = kept_fraction(mid)
         if abs(got - fraction) <= tolerance:
-            return round(mid, 4)
+            return mid
         low, high = (mid, high) if got < fraction else (low, mid)
-    return round((low + high) / 2, 4)

@@ -19,19 +19,14 @@ from pathlib import Path
 
 import torch
 import torch.fx
+from torch.fx.experimental import optimization as fx_optimization
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from ..engine.checkpoints import load_checkpoint, load_model_state, save_checkpoint
 from ..engine.sizes import subnormal_mask
-from .branches import BranchedUnit, UnsupportedModelError, branched_units, trace_chain
+from .branches import BranchedUnit, NotAChainError, UnsupportedModelError, branched_units, trace_chain
 from .graph import graph_from_nodes, graph_nodes
-
-
-def expansion_matrix(unit: BranchedUnit) -> torch.Tensor:
-    """E of ``unit`` as a [C, k] matrix."""
-    weight = unit.expand.weight.detach()
-    return weight.reshape(weight.shape[0], weight.shape[1])
 
 
 @torch.no_grad()
@@ -106,9 +101,15 @@ def _is_module(model: nn.Module, name: str) -> bool:
 
 @torch.no_grad()
 def fuse_batchnorm(model: nn.Module) -> nn.Module:
-    """Fuse every BatchNorm that directly follows a Conv2d, ConvTranspose2d or Linear into it (eval mode)."""
+    """Fuse every BatchNorm that directly follows a Conv2d, ConvTranspose2d or Linear into it (eval mode).
+
+    A chain is changed in place; a model that is not one comes back as a new ``torch.fx.GraphModule`` (torch.fx's
+    ``fuse``: Conv2d and Linear layers whose output feeds only the BatchNorm)."""
     model.eval()
-    steps = trace_chain(model)
+    try:
+        steps = trace_chain(model)
+    except NotAChainError:
+        return fx_optimization.fuse(model)
     for (kind, name), (_, next_name) in zip(steps, steps[1:]):
         layer = model.get_submodule(name) if kind == "linear" else None
         norm = model.get_submodule(next_name) if _is_module(model, next_name) else None
@@ -121,6 +122,14 @@ def fuse_batchnorm(model: nn.Module) -> nn.Module:
         model.set_submodule(name, fused)
         model.set_submodule(next_name, nn.Identity())
     return model
+
+
+def _fuse_graph_batchnorm(folded: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Fuse BatchNorms into their layers inside each folded branch (a chain) and in the graph (torch.fx's fuse)."""
+    for node in folded.graph.nodes:
+        if node.op == "call_module" and isinstance(folded.get_submodule(node.target), nn.Sequential):
+            fuse_batchnorm(folded.get_submodule(node.target))
+    return fx_optimization.fuse(folded.eval(), inplace=True, no_trace=True)
 
 
 @torch.no_grad()
@@ -138,11 +147,12 @@ def flush_denormals(model: nn.Module) -> int:
 def fold(model: nn.Module, fuse_bn: bool = False, flush_subnormals: bool = True) -> nn.Module:
     """A new plain network equal to ``model`` at alpha = 0, with every pruned unit k channels wide.
 
-    The result holds only standard torch.nn layers: nested ``nn.Sequential`` mirroring the model's
-    own containers when these are all Sequential, else one flat ``nn.Sequential`` in forward order; for a
-    model read as a graph, its ``torch.fx.GraphModule`` with each branched unit replaced by its branch (an
-    ``nn.Sequential``: narrow layer and post-ops) and the consumers narrowed. ``model`` is left unchanged. ``fuse_bn`` fuses BatchNorm into the preceding layer (still exact,
-    eval mode); ``flush_subnormals`` zeroes subnormal weights, which can slow CPU kernels.
+    The result holds only standard torch.nn layers: nested ``nn.Sequential`` mirroring the model's own containers
+    when these are all Sequential, else one flat ``nn.Sequential`` in forward order; for a model read as a graph,
+    its ``torch.fx.GraphModule`` with each branched unit replaced by its branch (an ``nn.Sequential``: narrow layer
+    and post-ops) and the consumers narrowed. ``model`` is left unchanged. ``fuse_bn`` fuses BatchNorm into the
+    preceding layer (still exact, eval mode; in a graph, where that layer's output feeds only the BatchNorm);
+    ``flush_subnormals`` zeroes subnormal weights, which can slow CPU kernels.
     """
     units = branched_units(model)
     if not units:
@@ -153,13 +163,13 @@ def fold(model: nn.Module, fuse_bn: bool = False, flush_subnormals: bool = True)
                          f"or call set_alpha(model, 0.0) (the original path is then dropped)")
     folded = copy.deepcopy(model)
     if any(unit.slices is not None for unit in units.values()):
-        if fuse_bn:
-            raise UnsupportedModelError("fuse_bn is available for chains only, not for a model read as a graph")
         folded = _fold_graph(folded)
+        if fuse_bn:
+            folded = _fuse_graph_batchnorm(folded)
     else:
         folded = _fold_chain(folded)
-    if fuse_bn:
-        fuse_batchnorm(folded)
+        if fuse_bn:
+            fuse_batchnorm(folded)
     if flush_subnormals:
         flush_denormals(folded)
     return folded
@@ -171,7 +181,7 @@ def _fold_chain(folded: nn.Module) -> nn.Module:
         if unit.successor is None:
             raise UnsupportedModelError(f"unit {name!r} has no successor layer to fold its expansion into")
         target_name, target = _linear_at(folded, unit.successor)
-        folded.set_submodule(target_name, fold_into(target, expansion_matrix(unit)))
+        folded.set_submodule(target_name, fold_into(target, unit.expansion()))
     for name, unit in units.items():
         folded.set_submodule(name, unit.branch[0])
         for place, op in zip(unit.placeholders, list(unit.branch)[1:]):
@@ -197,11 +207,11 @@ def _fold_graph(folded: torch.fx.GraphModule) -> torch.fx.GraphModule:
 
 def _block_expansion(parts: list) -> torch.Tensor:
     """[total, k_total]: each unit's E at its slice of the consumer's input channels, identity elsewhere."""
-    first = expansion_matrix(parts[0][1])
+    first = parts[0][1].expansion()
     eye = torch.eye(parts[0][0].total, dtype=first.dtype, device=first.device)
     columns, at = [], 0
     for piece, unit in sorted(parts, key=lambda part: part[0].offset):
-        expansion = expansion_matrix(unit)
+        expansion = unit.expansion()
         block = eye.new_zeros(piece.total, expansion.shape[1])
         block[piece.offset:piece.offset + expansion.shape[0]] = expansion
         columns += [eye[:, at:piece.offset], block]

@@ -18,6 +18,16 @@ unit whose output reaches one of them, a grouped convolution, or the model's out
 :func:`branch_plan` says why. A stateless module called at several places (torchvision's BasicBlock calls
 ``self.relu`` twice) is fine; a stateful one called twice is refused.
 
+A unit whose learned E cannot pass can still be pruned by a *selection*: E fixed to the 0/1 matrix S of k kept
+channels (:class:`~pruning_utils.method.branches.ChannelSelection`), so the unit at alpha = 0 outputs its k kept
+filters' channels and zeros elsewhere. S commutes with more than a general E: with every channel-wise map f that
+keeps zero at zero, f(S z) = S f(z) (ReLU and most activations, max and average pooling, dropout, upsampling), and
+with a sum of tensors that S expands alike: S z1 + S z2 = S (z1 + z2). So the units whose outputs a residual
+addition couples (every tensor added together, through such maps, and the stream's consumers) share one kept
+subset, ranked by the sum of their filters' L1 norms, and the stream folds exactly: each consumer keeps the input
+channels of that subset. A stream that reaches a map with f(0) != 0 (a BatchNorm or a sigmoid after an addition),
+a concatenation, a grouped convolution or the model's output keeps its full width, and the plan says why.
+
 Attaching rewrites the traced graph: the unit's node calls its
 :class:`~pruning_utils.method.branches.BranchedUnit`, the nodes of its post-ops are removed. Folding replaces
 each BranchedUnit by its branch (narrow layer and post-ops, an ``nn.Sequential``) and narrows the consumers.
@@ -43,6 +53,7 @@ from .branches import (
     POST_OP_TYPES,
     RESHAPE_METHODS,
     UnsupportedModelError,
+    filter_l1_norms,
     has_state,
     kept_widths,
     make_branched_unit,
@@ -59,6 +70,10 @@ COMMUTING_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.AvgPo
                      nn.ZeroPad2d, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d)
 COMMUTING_FUNCTIONS = {torch.flatten, torch.reshape, F.dropout, F.avg_pool2d, F.adaptive_avg_pool2d}
 FLATTENS = {torch.flatten, torch.reshape, "flatten", "view", "reshape"}
+# channel-wise maps with f(0) = 0: they commute with a selection of channels (not with a general E)
+ZERO_KEEPING_MODULES = (nn.ReLU, nn.Hardtanh, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Hardswish, nn.Mish,
+                        nn.MaxPool2d, nn.AdaptiveMaxPool2d)
+ZERO_KEEPING_FUNCTIONS = {F.max_pool2d, F.adaptive_max_pool2d}
 # what a saved graph may call (graph_from_nodes refuses anything else)
 SAVED_FUNCTIONS = {_get_qualified_name(f): f for f in (
     *ADDITIONS, *CONCATENATIONS, *FUNCTIONAL_RELUS, *COMMUTING_FUNCTIONS, operator.mul, operator.getitem,
@@ -86,6 +101,19 @@ class GraphUnit:
     post_ops: list[str] = field(default_factory=list)  # graph node names
     slices: list[Slice] = field(default_factory=list)
     reason: str | None = None  # why it cannot get a learned E; None when it can
+
+
+@dataclass
+class Group:
+    """Units pruned by one shared selection (:mod:`~pruning_utils.method.graph`): the ``members`` whose outputs the
+    ``additions`` couple (one member and no addition: a unit that only a selection can pass) and where the stream
+    they form folds (the ``slices`` of its consumers)."""
+
+    members: list[str]
+    channels: int
+    additions: list[str] = field(default_factory=list)
+    slices: list[Slice] = field(default_factory=list)
+    reason: str | None = None  # why the stream cannot fold; None when it can
 
 
 class _Blocked(Exception):
@@ -147,6 +175,16 @@ def _commutes(root: nn.Module, node: torch.fx.Node) -> bool:
         node.op == "call_method" and node.target in RESHAPE_METHODS)
 
 
+def _keeps_selection(root: nn.Module, node: torch.fx.Node) -> bool:
+    """Whether ``node`` commutes with a selection of channels (a channel-wise map with f(0) = 0)."""
+    return _commutes(root, node) or isinstance(_module(root, node), ZERO_KEEPING_MODULES) or _is_functional_relu(
+        node) or (node.op == "call_function" and node.target in ZERO_KEEPING_FUNCTIONS)
+
+
+def _is_addition(node: torch.fx.Node) -> bool:
+    return node.op == "call_function" and node.target in ADDITIONS
+
+
 def _is_channel_cat(node: torch.fx.Node) -> bool:
     if node.op != "call_function" or node.target not in CONCATENATIONS:
         return False
@@ -161,8 +199,7 @@ def _channels(root: nn.Module, node: torch.fx.Node) -> int | None:
     if _is_channel_cat(node):
         parts = [_channels(root, part) for part in node.args[0]]
         return None if None in parts else sum(parts)
-    keeps = _is_post_op(root, node) or _commutes(root, node) or (
-        node.op == "call_function" and node.target in ADDITIONS)
+    keeps = _is_post_op(root, node) or _commutes(root, node) or _is_addition(node)
     if not keeps or _is_flatten(root, node) or not node.all_input_nodes:
         return None
     return _channels(root, node.all_input_nodes[0])
@@ -207,7 +244,7 @@ def _follow(root: nn.Module, node: torch.fx.Node, shapes: set, *, offset: int, t
                     slices += _follow(root, user, shapes, offset=offset + sum(sizes[:i]), total=sum(sizes), flat=False)
         elif _commutes(root, user):
             slices += _follow(root, user, shapes, offset=offset, total=total, flat=flat or _is_flatten(root, user))
-        elif user.op == "call_function" and user.target in ADDITIONS:
+        elif _is_addition(user):
             raise _Blocked(f"its output enters the addition {user.name!r} with a tensor that E does not expand "
                            f"(branch-and-merge, e.g. a residual)")
         else:
@@ -254,74 +291,225 @@ def graph_units(traced: torch.fx.GraphModule) -> list[GraphUnit]:
             if isinstance(_module(traced, node), LINEAR_TYPES)]
 
 
+def _end(traced: torch.fx.GraphModule, unit: GraphUnit) -> torch.fx.Node:
+    """The graph node whose value the unit outputs (its last post-op, else its layer)."""
+    nodes = {node.name: node for node in traced.graph.nodes}
+    return nodes[unit.post_ops[-1] if unit.post_ops else unit.node]
+
+
+def selection_groups(traced: torch.fx.GraphModule, units: list[GraphUnit]) -> list[Group]:
+    """The shared selections of the units that cannot get a learned E, in forward order of their first member."""
+    shapes = shape_nodes(traced.graph)
+    ends = {_end(traced, unit): unit for unit in units}
+    groups, grouped = [], set()
+    for unit in units:
+        if unit.reason is not None and unit.name not in grouped:
+            group = _stream_group(traced, unit, ends, shapes)
+            grouped.update(group.members)
+            groups.append(group)
+    return groups
+
+
+def _stream_group(root: nn.Module, start: GraphUnit, ends: dict, shapes: set) -> Group:
+    """The units coupled with ``start`` through additions, and the stream's consumers (or why it cannot fold)."""
+    group = Group([], start.channels)
+    sources, seen = [next(n for n, u in ends.items() if u is start)], set()
+    streams = []  # (node, offset, total, flat): a tensor whose channels offset.. of total are the stream's
+    try:
+        while sources or streams:
+            if sources:  # a tensor that is the stream: who produced it
+                node = sources.pop()
+                if node not in seen:
+                    seen.add(node)
+                    streams.append((node, 0, group.channels, False))
+                    _stream_source(root, node, ends, shapes, group, sources)
+                continue
+            node, offset, total, flat = streams.pop()  # a tensor holding the stream: who reads it
+            for user in node.users:
+                if user not in shapes and (user, offset, total, flat) not in seen:
+                    seen.add((user, offset, total, flat))
+                    _stream_user(root, node, user, shapes, group, sources, streams, offset=offset, total=total,
+                                 flat=flat)
+    except _Blocked as why:
+        group.reason, group.slices = str(why), []
+    group.members = [u.name for u in ends.values() if u.name in group.members]  # forward order
+    return group
+
+
+def _stream_user(root: nn.Module, node: torch.fx.Node, user: torch.fx.Node, shapes: set, group: Group,
+                 sources: list, streams: list, *, offset: int, total: int, flat: bool) -> None:
+    """Follow the stream (channels offset.. of total at ``node``) into ``user``."""
+    module = _module(root, user)
+    if user.op == "output":
+        raise _Blocked("its channels reach the model's output (its width is fixed by the task)")
+    if isinstance(module, LINEAR_TYPES):
+        group.slices.append(_consumer_slice(user, module, offset, total, flat))
+    elif _is_addition(user):
+        if flat or total != group.channels:
+            raise _Blocked(f"the addition {user.name!r} takes the stream inside a concatenation or after a flatten")
+        sources.append(user)
+    elif _is_channel_cat(user) and not flat:
+        parts = list(user.args[0])
+        sizes = [_channels(root, part) for part in parts]
+        if None in sizes:
+            raise _Blocked(f"the concatenation {user.name!r} joins a tensor whose channels the graph does not tell")
+        streams.extend((user, offset + sum(sizes[:i]), sum(sizes), False) for i, part in enumerate(parts)
+                       if part is node)
+    elif _keeps_selection(root, user):
+        streams.append((user, offset, total, flat or _is_flatten(root, user)))
+    else:
+        raise _Blocked(f"{_describe(root, user)} reads the stream and does not keep zero channels at zero "
+                       f"(a selection of channels cannot pass it)")
+
+
+def _stream_source(root: nn.Module, node: torch.fx.Node, ends: dict, shapes: set, group: Group,
+                   sources: list) -> None:
+    """Add the unit that produced ``node`` to ``group``, or queue the tensors an addition or a map took."""
+    unit = ends.get(node)
+    inputs = [a for a in node.all_input_nodes if a not in shapes]
+    if unit is not None:
+        if unit.channels != group.channels:
+            raise _Blocked(f"unit {unit.name!r} adds {unit.channels} channels to a stream of {group.channels}")
+        if getattr(root.get_submodule(unit.name), "groups", 1) != 1:
+            raise _Blocked(f"unit {unit.name!r} in the stream is a grouped convolution")
+        if unit.name not in group.members:
+            group.members.append(unit.name)
+    elif _is_addition(node):
+        group.additions.append(node.name)
+        sources.extend(inputs)
+    elif _keeps_selection(root, node) and len(inputs) == 1 and not _is_flatten(root, node):
+        sources.append(inputs[0])
+    else:
+        raise _Blocked(f"{_describe(root, node)} is added into the stream and is not a unit's output")
+
+
 # --------------------------------------------------------------------------------------------
 # Plan and attach
 # --------------------------------------------------------------------------------------------
-def _kept(traced: nn.Module, units: list[GraphUnit], spec, *, include, exclude, channel_multiple: int,
-          exact: bool) -> dict[str, int]:
-    """{unit name: k} for the selected units that can fold; a unit named in ``spec`` that cannot is refused."""
+@dataclass
+class _Choice:
+    """What attaching does: {unit: k} for learned E, {group index: k} for the shared selections."""
+
+    learned: dict[str, int]
+    selections: dict[int, int]
+
+
+def _choose(traced: nn.Module, units: list[GraphUnit], groups: list[Group], spec, *, include, exclude,
+            channel_multiple: int, exact: bool) -> _Choice:
+    """The selected units that can fold and their widths; a unit named in ``spec`` that cannot is refused."""
+    foldable = {u.name for u in units if u.reason is None} | {m for g in groups if g.reason is None for m in g.members}
     if isinstance(spec, Mapping):
         for unit in units:
-            if unit.name in spec and unit.reason:
-                raise UnsupportedModelError(
-                    f"unit {unit.name!r} (graph node {unit.node!r}) cannot get a branch: {unit.reason}")
-    foldable = [u for u in select_units(units, include, exclude) if u.reason is None]
-    return kept_widths(traced, units, foldable, spec, channel_multiple, exact=exact)
+            if unit.name in spec and unit.name not in foldable:
+                group = next((g for g in groups if unit.name in g.members), None)
+                why = unit.reason + (f"; nor a shared selection: {group.reason}" if group else "")
+                raise UnsupportedModelError(f"unit {unit.name!r} (graph node {unit.node!r}) cannot get a branch: {why}")
+    selected = select_units(units, include, exclude)
+    learned = kept_widths(traced, units, [u for u in selected if u.reason is None], spec, channel_multiple,
+                          exact=exact)
+    selections = {}
+    for index, group in enumerate(groups):
+        members = [u for u in selected if u.name in group.members]
+        if group.reason or len(members) < len(group.members):
+            continue
+        widths = set(kept_widths(traced, units, members, spec, channel_multiple, exact=exact).values())
+        if len(widths) > 1:
+            raise ValueError(f"units {group.members} share one selection of channels (coupled by "
+                             f"{group.additions}): give them one width, not {sorted(widths)}")
+        if widths:
+            selections[index] = widths.pop()
+    return _Choice(learned, selections)
+
+
+def _read(model: nn.Module, shared_selection: bool) -> tuple[torch.fx.GraphModule, list[GraphUnit], list[Group]]:
+    traced = trace_graph(model)
+    units = graph_units(traced)
+    return traced, units, selection_groups(traced, units) if shared_selection else []
 
 
 def branch_plan(model: nn.Module, keep_ratio: float | Mapping[str, float] | None = None, include=None,
-                exclude=None, *, widths: Mapping[str, int] | None = None, channel_multiple: int = 1) -> list[dict]:
+                exclude=None, *, widths: Mapping[str, int] | None = None, channel_multiple: int = 1,
+                shared_selection: bool = True) -> list[dict]:
     """Per unit of ``model``, what :func:`~pruning_utils.attach_branches` with these arguments would do.
 
     Each entry: ``name``, ``node`` (graph node), ``channels`` C, ``kept`` k (C when left alone), ``kind``
-    (``"learned E"`` or ``"left alone"``) and ``reason``. The graph reading applies to chains as well, where
-    attach_branches raises instead of leaving a unit alone (e.g. a post-op that does not fit its layer).
+    (``"learned E"``, ``"shared selection"`` or ``"left alone"``), ``group`` (the units sharing its selection)
+    and ``reason``. The graph reading applies to chains as well, where attach_branches raises instead of leaving a
+    unit alone (e.g. a post-op that does not fit its layer).
     """
     if (keep_ratio is None) == (widths is None):
         raise ValueError("give either keep_ratio or widths")
-    units = graph_units(trace_graph(model))
-    kept = _kept(model, units, widths if widths is not None else keep_ratio, include=include, exclude=exclude,
-                 channel_multiple=channel_multiple, exact=widths is not None)
-    return [_plan_entry(unit, kept) for unit in units]
+    traced, units, groups = _read(model, shared_selection)
+    choice = _choose(model, units, groups, widths if widths is not None else keep_ratio, include=include,
+                     exclude=exclude, channel_multiple=channel_multiple, exact=widths is not None)
+    return [_plan_entry(unit, choice, groups, shared_selection) for unit in units]
 
 
-def _plan_entry(unit: GraphUnit, kept: dict[str, int]) -> dict:
-    if unit.name in kept:
-        consumers = ", ".join(dict.fromkeys(repr(s.consumer) for s in unit.slices))
-        kind, reason = "learned E", f"E folds into {consumers}"
-    else:
-        kind, reason = "left alone", unit.reason or "not selected (include, exclude or the keep_ratio / widths dict)"
-    return {"name": unit.name, "node": unit.node, "channels": unit.channels, "kept": kept.get(unit.name, unit.channels),
-            "kind": kind, "reason": reason}
+def _consumers(slices: list[Slice]) -> str:
+    return ", ".join(dict.fromkeys(repr(s.consumer) for s in slices))
+
+
+def _plan_entry(unit: GraphUnit, choice: _Choice, groups: list[Group], shared_selection: bool) -> dict:
+    index, group = next(((i, g) for i, g in enumerate(groups) if unit.name in g.members), (None, None))
+    entry = {"name": unit.name, "node": unit.node, "channels": unit.channels, "kept": unit.channels,
+             "kind": "left alone", "group": group.members if group else [], "reason": unit.reason}
+    if unit.name in choice.learned:
+        entry.update(kept=choice.learned[unit.name], kind="learned E", reason=f"E folds into {_consumers(unit.slices)}")
+    elif index in choice.selections:
+        why = (f"one kept subset for {group.members}, coupled by the additions {group.additions}" if group.additions
+               else f"{unit.reason}; a selection of its filters passes")
+        entry.update(kept=choice.selections[index], kind="shared selection",
+                     reason=f"{why}; folds into {_consumers(group.slices)}")
+    elif unit.reason is None or (group and group.reason is None):
+        entry["reason"] = "not selected (include, exclude or the keep_ratio / widths dict)"
+    elif group and "model's output" not in unit.reason:
+        entry["reason"] = f"{unit.reason}; nor a shared selection: {group.reason}"
+    elif not shared_selection:
+        entry["reason"] = f"{unit.reason} (shared_selection=False)"
+    return entry
 
 
 def attach_graph_branches(model: nn.Module, spec, *, include=None, exclude=None, init: str = DEFAULT.init,
-                          channel_multiple: int = 1, exact: bool = False) -> torch.fx.GraphModule:
+                          channel_multiple: int = 1, exact: bool = False,
+                          shared_selection: bool = True) -> torch.fx.GraphModule:
     """:func:`~pruning_utils.attach_branches` for a model that is not a chain: a GraphModule over its layers."""
-    traced = trace_graph(model)
-    units = graph_units(traced)
-    if all(u.reason for u in units):
+    traced, units, groups = _read(model, shared_selection)
+    if all(u.reason for u in units) and all(g.reason for g in groups):
         raise UnsupportedModelError(f"no unit of {type(model).__name__} can get a branch: " + "; ".join(
             f"{u.name!r}: {u.reason}" for u in units))
-    kept = _kept(traced, units, spec, include=include, exclude=exclude, channel_multiple=channel_multiple,
-                 exact=exact)
-    if not kept:
+    choice = _choose(traced, units, groups, spec, include=include, exclude=exclude,
+                     channel_multiple=channel_multiple, exact=exact)
+    if not choice.learned and not choice.selections:
         raise ValueError("no unit selected: check include, exclude and keep_ratio")
     nodes = {node.name: node for node in traced.graph.nodes}
+    by_name = {unit.name: unit for unit in units}
     for unit in units:
-        if unit.name in kept:
-            _branch(traced, nodes, unit, kept[unit.name], init)
+        if unit.name in choice.learned:
+            _branch(traced, nodes, unit, choice.learned[unit.name], init, unit.slices)
+    for index, k in choice.selections.items():
+        group = groups[index]
+        kept = group_selection(traced, group.members, k)
+        for i, name in enumerate(group.members):  # E folds once: the first member carries the stream's slices
+            _branch(traced, nodes, by_name[name], k, init, group.slices if i == 0 else [], selection=kept)
     traced.graph.lint()
     traced.recompile()
     traced.delete_all_unused_submodules()
     return traced
 
 
-def _branch(traced: torch.fx.GraphModule, nodes: dict, unit: GraphUnit, k: int, init: str) -> None:
+def group_selection(model: nn.Module, members: list[str], k: int) -> torch.Tensor:
+    """The k channels (sorted indices) with the largest L1 norm of their filters summed over ``members``."""
+    norms = sum(filter_l1_norms(model.get_submodule(name)) for name in members)
+    return norms.topk(k).indices.sort().values
+
+
+def _branch(traced: torch.fx.GraphModule, nodes: dict, unit: GraphUnit, k: int, init: str, slices: list[Slice], *,
+            selection: torch.Tensor | None = None) -> None:
     """Make ``unit``'s node call its BranchedUnit, which takes over the post-ops' nodes."""
     node, post = nodes[unit.node], [nodes[name] for name in unit.post_ops]
-    branched = make_branched_unit(traced.get_submodule(unit.name), [_post_module(traced, p) for p in post], k, init)
-    branched.slices = unit.slices
+    branched = make_branched_unit(traced.get_submodule(unit.name), [_post_module(traced, p) for p in post], k, init,
+                                  selection=selection)
+    branched.slices = slices
     traced.add_submodule(unit.name, branched)
     for p in reversed(post):
         p.replace_all_uses_with(node)

@@ -43,18 +43,21 @@ class PruningResult:
 
 def prune_and_fold(baseline: nn.Module, keep_ratio, loaders, *, recipe: Recipe | None = None,
                    epochs: int | None = None, schedule: list[Stage] | None = None, task: str | Task,
-                   input_shape: tuple[int, ...], include=None, exclude=None, teacher: nn.Module | None = None,
-                   checkpoint_dir: str | Path | None = None, resume=True, progress: bool = True,
-                   speed: Speed = PLAIN) -> PruningResult:
+                   input_shape: tuple[int, ...], include=None, exclude=None, shared_selection: bool = True,
+                   teacher: nn.Module | None = None, checkpoint_dir: str | Path | None = None, resume=True,
+                   progress: bool = True, speed: Speed = PLAIN) -> PruningResult:
     """Prune a copy of ``baseline`` at ``keep_ratio`` with ``recipe`` (default: the best one measured) and fold it.
 
     The alpha schedule is the recipe's over ``epochs``, or ``schedule`` when given. ``loaders``: (train, validation,
-    test). The distillation teacher is a frozen copy of ``teacher`` (default: the baseline). ``speed``: see
+    test). ``include``, ``exclude``, ``shared_selection``: which units get branches (see
+    :func:`~pruning_utils.attach_branches`). The distillation teacher is a frozen copy of ``teacher`` (default: the
+    baseline). ``speed``: see
     :class:`~pruning_utils.engine.speed.Speed`. Metrics: see :func:`summarize`.
     """
     recipe = (recipe or Recipe()).for_task(task)
     train_loader, val_loader, _ = loaders
-    model = attach_branches(copy.deepcopy(baseline), keep_ratio, include=include, exclude=exclude, init=recipe.init)
+    model = attach_branches(copy.deepcopy(baseline), keep_ratio, include=include, exclude=exclude, init=recipe.init,
+                            shared_selection=shared_selection)
     history = prune(model, train_loader, val_loader, schedule, recipe, epochs=epochs, task=task,
                     teacher=teacher if teacher is not None else baseline, checkpoint_dir=checkpoint_dir,
                     resume=resume, progress=progress, speed=speed)
@@ -64,18 +67,19 @@ def prune_and_fold(baseline: nn.Module, keep_ratio, loaders, *, recipe: Recipe |
 
 
 def load_pruned(baseline: nn.Module, keep_ratio, checkpoint_dir: str | Path, loaders, *, task: str | Task,
-                input_shape: tuple[int, ...], include=None, exclude=None,
+                input_shape: tuple[int, ...], include=None, exclude=None, shared_selection: bool = True,
                 init: str = Recipe().init) -> PruningResult:
     """The result of an earlier pruning run, from the last stage checkpoint it wrote to ``checkpoint_dir``.
 
-    ``keep_ratio``, ``include`` and ``exclude`` must be those of the run (a mismatch is reported with the layers
+    ``keep_ratio``, ``include``, ``exclude`` and ``shared_selection`` must be those of the run (a mismatch is reported with the layers
     that do not fit); the run must have reached alpha = 0 for the fold.
     """
     found = stage_checkpoints(checkpoint_dir)
     if not found:
         raise FileNotFoundError(f"no stage checkpoints (stage_NN.pt) in {checkpoint_dir}: run the pruning notebook "
                                 f"first, or leave the folder parameter at None to prune here")
-    shell = attach_branches(copy.deepcopy(baseline), keep_ratio, include=include, exclude=exclude, init=init)
+    shell = attach_branches(copy.deepcopy(baseline), keep_ratio, include=include, exclude=exclude, init=init,
+                            shared_selection=shared_selection)
     model = load_stage(shell, checkpoint_dir, max(found))
     history = load_checkpoint(found[max(found)])["history"]
     folded = fold(model).eval()

@@ -32,6 +32,7 @@ from ..engine.tasks import get_task
 from ..engine.train import make_optimizer, make_scheduler, train_epoch
 from ..method.branches import LINEAR_TYPES, kept_channels, out_channels, prunable_units
 from ..method.budget import pruned_and_folded
+from ..method.graph import branch_plan
 
 RETRAINING = ("finetune", "rewind")
 
@@ -125,16 +126,19 @@ def _last_layer(model: nn.Module) -> nn.Module:
 def torch_pruning_l1(model: nn.Module, keep_ratio: float, input_shape: tuple[int, ...]) -> nn.Module:
     """A copy of ``model`` filter-pruned by Torch-Pruning's ``MagnitudePruner`` with L1 importance.
 
-    Every unit keeps ``max(1, floor(keep_ratio * C))`` channels, as :func:`attach_branches` does, so the
-    result has exactly the widths (and parameters) of the folded parallel-branch model.
+    Every layer the parallel branches prune (:func:`~pruning_utils.branch_plan`: learned E and shared selections)
+    keeps ``max(1, floor(keep_ratio * C))`` channels, as :func:`attach_branches` does, so the result has exactly the
+    widths (and parameters) of the folded parallel-branch network; Torch-Pruning prunes the channels a residual
+    addition couples as one group, ranked by its group importance. The layers the branches leave alone are ignored.
     """
     pruned = copy.deepcopy(model).cpu()
-    layers = _layers(pruned).values()
+    plan = branch_plan(pruned, keep_ratio)
     # Torch-Pruning keeps int(C * (1 - ratio)) channels: half a channel more than k guards that truncation
-    ratios = {layer: max(0.0, 1 - (kept_channels(out_channels(layer), keep_ratio) + 0.5) / out_channels(layer))
-              for layer in layers}
+    ratios = {pruned.get_submodule(e["name"]): max(0.0, 1 - (e["kept"] + 0.5) / e["channels"])
+              for e in plan if e["kind"] != "left alone"}
+    ignored = [pruned.get_submodule(e["name"]) for e in plan if e["kind"] == "left alone"]
     pruner = tp.pruner.MagnitudePruner(pruned, torch.randn(1, *input_shape), tp.importance.MagnitudeImportance(p=1),
-                                       pruning_ratio_dict=ratios, ignored_layers=[_last_layer(pruned)])
+                                       pruning_ratio_dict=ratios, ignored_layers=ignored)
     pruner.step()
     return pruned.to(next(model.parameters()).device)
 

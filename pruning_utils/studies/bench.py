@@ -1,6 +1,7 @@
 """Benchmark what pruning buys: ``python -m pruning_utils.bench --help``.
 
-For each model (VGG16 on 3x32x32, the autoencoder on 3x128x128) three variants: ``original``; ``mixed_alpha0``,
+For each model (VGG16 on 3x32x32, the autoencoder on 3x128x128, torchvision's ResNet-18 on 3x224x224, the CIFAR
+ResNet-20 on 3x32x32; the ResNets with their residual channels pruned by shared selections) three variants: ``original``; ``mixed_alpha0``,
 the branched model at alpha = 0 before folding (original layers skipped, expansions still separate 1x1
 layers); ``folded``, the plain network that folding returns. Weights are random (seeded) unless a baseline
 checkpoint or a folded file is given: speed does not depend on their values, subnormal numbers aside
@@ -41,17 +42,18 @@ from pathlib import Path
 
 import torch
 import torch.utils.benchmark as benchmark
+import torchvision
 from torch import nn
 
 from ..config import PACKAGE_DIR, RUNS_DIR
 from ..engine.checkpoints import load_checkpoint, load_model_state
-from ..engine.models import RGBAutoencoder, vgg16
+from ..engine.models import RGBAutoencoder, resnet_cifar, vgg16
 from ..engine.sizes import count_macs, count_parameters, subnormal_mask
 from ..harness.records import format_table, machine
 from ..method.branches import attach_branches, check_keep_ratio, set_alpha
 from ..method.folding import fold, fuse_batchnorm, load_plain
 
-MODELS = {"vgg16": (3, 32, 32), "autoencoder": (3, 128, 128)}
+MODELS = {"vgg16": (3, 32, 32), "autoencoder": (3, 128, 128), "resnet18": (3, 224, 224), "resnet20": (3, 32, 32)}
 VARIANTS = ("original", "mixed_alpha0", "folded")
 AE_PARTS = {"encoder": ["encoder"], "decoder": ["decoder"], "both": None}
 DEVICES = ("auto", "cpu", "cuda")
@@ -73,6 +75,12 @@ def original_model(kind: str, width: float = 1.0, checkpoint: str | Path | None 
                          f"not a {kind} of width {width}: pass that model and width")
     if kind == "vgg16":
         model = vgg16(meta.get("num_classes", 10), width, meta.get("classifier", "linear"))
+    elif kind == "resnet20":
+        model = resnet_cifar(20, meta.get("num_classes", 10), width)
+    elif kind == "resnet18":
+        if width != 1.0:
+            raise ValueError(f"torchvision's resnet18 has one width: pass width 1.0, not {width}")
+        model = torchvision.models.resnet18(num_classes=meta.get("num_classes", 1000))
     else:
         model = RGBAutoencoder(width, meta.get("bottleneck", 128))
     if checkpoint:
@@ -288,14 +296,15 @@ def check_settings(models, *, keep_ratio: float = 0.59, batch_sizes=(1,), thread
 
 def measure(kind: str, variants: dict[str, nn.Module], batch_sizes, *, devices=("cpu",), threads: int | None = None,
             min_run_time: float = 1.0, repeats: int = 1, channels_last: bool = False, ram: bool = True,
-            by_operator: bool = False) -> list[dict]:
+            by_operator: bool = False, input_shape: tuple[int, ...] | None = None) -> list[dict]:
     """Rows of every variant of one model at every batch size (columns: see the module docstring; with
-    ``by_operator`` also ``cpu_ms_by_operator`` from :func:`time_by_operator`).
+    ``by_operator`` also ``cpu_ms_by_operator`` from :func:`time_by_operator`). ``input_shape``: one image's
+    shape, where it is not the one :data:`MODELS` gives ``kind``.
 
     The ``repeats`` timing runs of each case alternate between the variants, so that a slow spell of the
     machine does not fall on one variant alone.
     """
-    shape, threads = MODELS[kind], threads or torch.get_num_threads()
+    shape, threads = tuple(input_shape or MODELS[kind]), threads or torch.get_num_threads()
     batch_sizes = sorted(set(batch_sizes))
     rows = {}
     for variant, model in variants.items():

@@ -5,7 +5,9 @@ atomically to a JSON file as soon as it is done, so an interrupted comparison re
 left. The methods (:data:`METHODS`):
 
 * ``branches``: the parallel-branch method with its default :class:`~pruning_utils.Recipe` (notebook
-  08's winner) or the one given;
+  08's winner) or the one given; in a residual network, the units a residual addition couples share a selection;
+* ``branches_internal``: the same on the units that can get a learned E only (in a ResNet, the first convolution
+  of each block), at a keep ratio that meets the same parameter budget;
 * ``torch_pruning_l1``: Torch-Pruning's L1 filter pruning to the same widths, then fine-tuning;
 * ``magnitude_finetune`` / ``magnitude_rewind``: iterative global magnitude pruning (unstructured) to the
   same number of non-zero parameters, retrained by fine-tuning or learning-rate rewinding;
@@ -35,7 +37,7 @@ from ..method.pipeline import prune_and_fold
 from ..method.recipe import Recipe
 from . import baselines
 
-METHODS = ("branches", "torch_pruning_l1", "magnitude_finetune", "magnitude_rewind", "autopruner",
+METHODS = ("branches", "branches_internal", "torch_pruning_l1", "magnitude_finetune", "magnitude_rewind", "autopruner",
            "autopruner_scratch", "scratch")
 STRUCTURED = ("torch_pruning_l1", "autopruner")  # structured pruning from the baseline, the same epochs as branches
 
@@ -56,15 +58,15 @@ class ComparisonConfig:
     autopruner_lambda_every: int = 1  # lambda x10 every this many search epochs (the seeds: 20 of 350)
     autopruner_max_scale: float = 100.0
 
-    def validate(self) -> None:
+    def validate(self, methods=METHODS) -> None:
+        """Raise a ValueError naming the first setting that does not fit (AutoPruner's: if ``methods`` run it)."""
         if self.epochs < 1 or self.scratch_epochs < 1:
             raise ValueError(f"epochs and scratch_epochs must be at least 1, got {self.epochs} and "
                              f"{self.scratch_epochs}")
         self.branch_recipe().check(self.epochs)
-        if not 0 < self.autopruner_epochs < self.epochs:
+        if "autopruner" in methods and not 0 < self.autopruner_epochs < self.epochs:
             raise ValueError(f"autopruner_epochs must leave fine-tuning epochs: in [1, {self.epochs - 1}], "
                              f"got {self.autopruner_epochs}")
-
 
     def branch_recipe(self) -> Recipe:
         """The branches' recipe under this protocol: its learning rate and weight decay are the protocol's."""
@@ -121,6 +123,22 @@ def _branches(arm: Arm):
         "fold_relative_max_difference": result.metrics["fold_relative_max_difference"]}
 
 
+def _branches_internal(arm: Arm):
+    fraction = arm.target_params / count_parameters(arm.baseline)
+    keep_ratio = keep_ratio_for_fraction(arm.baseline, fraction, shared_selection=False)
+    reached = count_parameters(pruned_and_folded(arm.baseline, keep_ratio, shared_selection=False))
+    if reached > 1.02 * arm.target_params:
+        raise ValueError(f"pruning the internal units alone cannot meet the budget of {arm.target_params:,} "
+                         f"parameters (it reaches {reached:,} at keep ratio {keep_ratio}); drop 'branches_internal' "
+                         f"or choose a larger fraction")
+    result = prune_and_fold(arm.baseline, keep_ratio, arm.loaders, recipe=arm.config.branch_recipe(),
+                            epochs=arm.config.epochs, task=CLASSIFICATION, input_shape=arm.input_shape,
+                            shared_selection=False, checkpoint_dir=arm.checkpoint("branches_internal"),
+                            progress=arm.progress)
+    return result.folded, result.metrics["epochs"], {
+        "fold_relative_max_difference": result.metrics["fold_relative_max_difference"], "keep_ratio": keep_ratio}
+
+
 def _torch_pruning(arm: Arm):
     model = baselines.torch_pruning_l1(arm.baseline, arm.keep_ratio, arm.input_shape)
     epochs = _fine_tune(model, arm, epochs=arm.config.epochs, lr=arm.config.lr,
@@ -168,7 +186,7 @@ def _from_scratch(method: str):
     return run
 
 
-ARMS = {"branches": _branches, "torch_pruning_l1": _torch_pruning, "magnitude_finetune": _magnitude("finetune"),
+ARMS = {"branches": _branches, "branches_internal": _branches_internal, "torch_pruning_l1": _torch_pruning, "magnitude_finetune": _magnitude("finetune"),
         "magnitude_rewind": _magnitude("rewind"), "autopruner": _autopruner,
         "autopruner_scratch": _from_scratch("autopruner_scratch"), "scratch": _from_scratch("scratch")}
 
@@ -211,8 +229,8 @@ def compare(baseline: nn.Module, loaders, input_shape, fractions, methods=METHOD
     metrics of :func:`run_arm`.
     """
     config = config or ComparisonConfig()
-    config.validate()
     methods = check_methods(methods)
+    config.validate(methods)
     for fraction in fractions:
         if not 0 < fraction < 1:
             raise ValueError(f"parameter fractions must be in (0, 1), got {fraction}")
