@@ -282,3 +282,45 @@ def test_integer_widths_name_the_kept_channels_exactly():
             pu.attach_branches(models.vgg16(width=0.125), widths=bad)
     with pytest.raises(ValueError, match="either keep_ratio or widths"):
         pu.attach_branches(models.vgg16(width=0.125), 0.5, widths={"features.0": 3})
+
+
+def _fused_and_apart(model, alpha=0.4):
+    pu.set_alpha(model, alpha)
+    fused, apart = copy.deepcopy(model).train(), copy.deepcopy(model).train()
+    for unit in branches.branched_units(apart).values():
+        unit.fuse_paths = False
+    return fused, apart
+
+
+@pytest.mark.parametrize("build", [lambda: models.vgg16(width=0.125), lambda: models.resnet_cifar(20, width=0.25)],
+                         ids=["vgg16", "resnet20"])
+def test_one_convolution_for_both_paths_changes_nothing_but_the_calls(build):
+    torch.manual_seed(0)
+    fused, apart = _fused_and_apart(pu.attach_branches(build(), 0.59))
+    assert all(u.fuse_paths for u in branches.branched_units(fused).values())
+    x = torch.randn(8, 3, 32, 32)
+    for model in (fused, apart):
+        for _ in range(2):  # the running statistics move twice
+            model.zero_grad()
+            model(x).square().mean().backward()
+    assert torch.allclose(fused(x), apart(x), atol=1e-5)
+    fused_grads, apart_grads = dict(fused.named_parameters()), dict(apart.named_parameters())
+    scale = max(g.grad.abs().max() for g in apart_grads.values() if g.grad is not None)
+    for name, parameter in apart_grads.items():
+        assert torch.allclose(fused_grads[name].grad, parameter.grad, atol=1e-5 * scale, rtol=1e-4), name
+    for name, value in apart.state_dict().items():
+        assert torch.allclose(fused.state_dict()[name].float(), value.float(), atol=1e-6), name
+
+
+def test_paths_run_apart_where_they_cannot_share_a_convolution():
+    frozen, _ = _fused_and_apart(pu.attach_branches(models.vgg16(width=0.125), 0.59))
+    pu.freeze_original(frozen)  # the original's BatchNorms in eval mode, the branch's training
+    reference = copy.deepcopy(frozen)
+    for unit in branches.branched_units(reference).values():
+        unit.fuse_paths = False
+    x = torch.randn(4, 3, 32, 32)
+    assert torch.allclose(frozen(x), reference(x), atol=1e-6)
+    decoder = pu.attach_branches(models.RGBAutoencoder(width=0.125), 0.5, include=["decoder"])
+    assert not any(u.fuse_paths for u in branches.branched_units(decoder).values())  # ConvTranspose2d
+    dropout = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Dropout(0.5), nn.ReLU(), nn.Conv2d(8, 2, 1))
+    assert not branches.branched_units(pu.attach_branches(dropout, 0.5))["0"].fuse_paths  # masks would differ

@@ -127,9 +127,11 @@ def test_a_stream_through_a_batchnorm_after_the_addition_keeps_its_width():
         pu.branch_plan(NormAfterAdd(), {"conv2": 0.5})
 
 
-def test_a_cifar_resnet_with_projection_shortcuts_prunes_all_but_its_head():
+def test_a_cifar_resnet_with_projection_shortcuts_prunes_all_but_its_head(tmp_path):
     model = models.resnet_cifar(20, width=0.5)
     plan, folded = _check_graph(model, torch.randn(2, 3, 32, 32))
+    x = torch.randn(1, 3, 32, 32)
+    assert torch.equal(pu.load_plain(pu.save_plain(folded, tmp_path / "resnet.pt"))(x), folded(x))
     assert _kinds(plan, "left alone") == {"fc"}
     assert plan["stage3.0.shortcut.0"]["group"] == ["stage3.0.conv2", "stage3.0.shortcut.0", "stage3.1.conv2",
                                                     "stage3.2.conv2"]

@@ -17,6 +17,7 @@ import torch
 import torch.fx
 from torch import nn
 
+from . import fused
 from .recipe import INITS, Recipe
 
 DEFAULT = Recipe()  # the defaults of the best recipe measured (init: the L1 warm start)
@@ -219,7 +220,9 @@ class BranchedUnit(nn.Module):
     """``alpha * original(x) + (1 - alpha) * expand(branch(x))``.
 
     ``alpha`` is a buffer (saved in state_dicts) that weighs the blend; a Python copy of it decides, without a
-    device sync, which paths run: at alpha = 1 only the original, at alpha = 0 only the branch.
+    device sync, which paths run: at alpha = 1 only the original, at alpha = 0 only the branch. In between, a
+    convolution unit and its branch run as one convolution (:mod:`~pruning_utils.method.fused`) where they can;
+    ``fuse_paths = False`` runs them apart.
     """
 
     def __init__(self, original: nn.Sequential, branch: nn.Sequential, expand: nn.Module):
@@ -233,6 +236,7 @@ class BranchedUnit(nn.Module):
         self.placeholders: list[str] = []  # where the post-ops stood (now nn.Identity), set by attach_branches
         self.successor: str | None = None  # the linear layer that consumes this unit's output
         self.slices: list | None = None  # in a graph model: where E folds (graph.Slice), set by graph.attach
+        self.fuse_paths = fused.can_fuse(original, branch)
         self.register_load_state_dict_post_hook(BranchedUnit._sync_alpha)
 
     @staticmethod
@@ -265,8 +269,13 @@ class BranchedUnit(nn.Module):
             return self.original(x)
         if a == 0.0:
             return self.pruned(x)
-        original = self.original(x)  # the blend weighs by the buffer: torch.compile keeps one graph for every alpha
-        return torch.lerp(self.pruned(x), original, self.alpha.to(original.dtype))
+        if self.fuse_paths and fused.modes_agree(self.original, self.branch):
+            original, narrow = fused.both_paths(self.original, self.branch, x)
+            branched = self.expand(narrow)
+        else:
+            original, branched = self.original(x), self.pruned(x)
+        # the blend weighs by the buffer: torch.compile keeps one graph for every alpha
+        return torch.lerp(branched, original, self.alpha.to(original.dtype))
 
     def train(self, mode: bool = True) -> "BranchedUnit":
         super().train(mode)

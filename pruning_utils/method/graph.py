@@ -101,6 +101,7 @@ class GraphUnit:
     post_ops: list[str] = field(default_factory=list)  # graph node names
     slices: list[Slice] = field(default_factory=list)
     reason: str | None = None  # why it cannot get a learned E; None when it can
+    narrowable: bool = True  # False: the unit itself cannot be narrowed (grouped, or a post-op that does not fit)
 
 
 @dataclass
@@ -269,13 +270,14 @@ def _unit(root: nn.Module, node: torch.fx.Node, shapes: set) -> GraphUnit:
     layer = root.get_submodule(node.target)
     post = _post_op_nodes(root, node)
     unit = GraphUnit(node.target, node.name, out_channels(layer), [p.name for p in post])
+    misfit = post_op_misfit(node.target, layer, {p.target if p.op == "call_module" else p.name:
+                                                 _post_module(root, p) for p in post})
+    if getattr(layer, "groups", 1) != 1:
+        misfit = f"it is a grouped convolution (groups={layer.groups})"
+    if misfit:
+        unit.reason, unit.narrowable = misfit, False
+        return unit
     try:
-        if getattr(layer, "groups", 1) != 1:
-            raise _Blocked(f"it is a grouped convolution (groups={layer.groups})")
-        misfit = post_op_misfit(node.target, layer, {p.target if p.op == "call_module" else p.name:
-                                                     _post_module(root, p) for p in post})
-        if misfit:
-            raise _Blocked(misfit)
         unit.slices = _follow(root, post[-1] if post else node, shapes, offset=0, total=unit.channels, flat=False)
         if not unit.slices:
             raise _Blocked("its output reaches no linear layer")
@@ -370,8 +372,8 @@ def _stream_source(root: nn.Module, node: torch.fx.Node, ends: dict, shapes: set
     if unit is not None:
         if unit.channels != group.channels:
             raise _Blocked(f"unit {unit.name!r} adds {unit.channels} channels to a stream of {group.channels}")
-        if getattr(root.get_submodule(unit.name), "groups", 1) != 1:
-            raise _Blocked(f"unit {unit.name!r} in the stream is a grouped convolution")
+        if not unit.narrowable:
+            raise _Blocked(f"unit {unit.name!r} in the stream cannot be narrowed: {unit.reason}")
         if unit.name not in group.members:
             group.members.append(unit.name)
     elif _is_addition(node):

@@ -31,7 +31,8 @@ from ..engine.models import vgg16
 from ..engine.speed import Speed
 from ..engine.train import evaluate, make_optimizer, train_epoch
 from ..harness.records import format_table, machine
-from ..method.branches import attach_branches, set_alpha
+from ..engine.sizes import count_macs
+from ..method.branches import attach_branches, branched_units, set_alpha
 
 OPTIONS = {"plain": Speed(), "channels_last": Speed(channels_last=True), "bf16": Speed(bf16=True),
            "compile": Speed(compile=True), "channels_last+compile": Speed(channels_last=True, compile=True),
@@ -81,9 +82,14 @@ def time_steps(model: nn.Module, batches: list, speed: Speed, device: torch.devi
 
 def measure(options=tuple(OPTIONS), width: float = 0.25, keep_ratio: float = 0.59, alpha: float = 0.5,
             batch_size: int = 128, steps: int = 10, repeats: int = 5, device=None, threads: int | None = None,
-            warmup: int = 3, moving_alpha: bool = False) -> list[dict]:
+            warmup: int = 3, moving_alpha: bool = False, references: bool = False) -> list[dict]:
     """One row per option: median, slowest and fastest round of training and evaluation images per second, and
-    their ratios to ``plain`` (which is always measured). ``moving_alpha``: see the module's docstring."""
+    their ratios to ``plain`` (which is always measured). ``moving_alpha``: see the module's docstring.
+
+    ``references`` adds two rows measured in the same rounds: ``original``, the unbranched VGG16, and ``plain_apart``,
+    the mixed model with each unit and its branch run as two convolutions (``fuse_paths = False``); every row then
+    has ``time_vs_original`` (its training step time over the original's) and ``mac_ratio`` (its MACs per image
+    over the original's: 1 + the branches' share)."""
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise ValueError(f"unknown options {unknown}; choose from {list(OPTIONS)}")
@@ -92,29 +98,39 @@ def measure(options=tuple(OPTIONS), width: float = 0.25, keep_ratio: float = 0.5
     device = get_device(device)
     if threads:
         torch.set_num_threads(threads)
-    names = ["plain", *[o for o in options if o != "plain"]]
     base = mixed_vgg(width, keep_ratio, alpha).to(device)
+    variants = {name: (base, OPTIONS[name]) for name in ["plain", *[o for o in options if o != "plain"]]}
+    if references:
+        apart = copy.deepcopy(base)
+        for unit in branched_units(apart).values():
+            unit.fuse_paths = False
+        variants |= {"plain_apart": (apart, Speed()), "original": (vgg16(10, width=width).to(device), Speed())}
     generator = torch.Generator().manual_seed(0)
     batches = [(torch.randn(batch_size, 3, 32, 32, generator=generator).to(device),
                 torch.randint(0, 10, (batch_size,), generator=generator).to(device)) for _ in range(steps)]
     models = {}
-    for name in names:
-        models[name] = OPTIONS[name].prepare(copy.deepcopy(base))
-        time_steps(models[name], batches[:warmup], OPTIONS[name], device, moving_alpha)  # warm-up, compilation
-    rounds = {name: [] for name in names}
+    for name, (model, speed) in variants.items():
+        models[name] = speed.prepare(copy.deepcopy(model))
+        time_steps(models[name], batches[:warmup], speed, device, moving_alpha and name != "original")  # warm-up
+    rounds = {name: [] for name in variants}
     for _ in range(repeats):
-        for name in names:  # interleaved, so drifts of the machine touch every option alike
-            rounds[name].append(time_steps(models[name], batches, OPTIONS[name], device, moving_alpha))
+        for name, (_, speed) in variants.items():  # interleaved, so drifts of the machine touch every option alike
+            rounds[name].append(time_steps(models[name], batches, speed, device, moving_alpha and name != "original"))
     rows = []
-    for name in names:
-        row = {"option": name, **{k: v for k, v in vars(OPTIONS[name]).items()}}
+    for name, (model, speed) in variants.items():
+        row = {"option": name, **vars(speed)}
         for key in ("train_images_per_s", "eval_images_per_s"):
             values = [r[key] for r in rounds[name]]
             row |= {key: statistics.median(values), f"min_{key}": min(values), f"max_{key}": max(values)}
+        if references:
+            row["macs"] = count_macs(model.cpu(), (3, 32, 32))
         rows.append(row)
     for row in rows:
         for key in ("train", "eval"):
             row[f"{key}_ratio"] = row[f"{key}_images_per_s"] / rows[0][f"{key}_images_per_s"]
+        if references:  # the original is the last row
+            row["time_vs_original"] = rows[-1]["train_images_per_s"] / row["train_images_per_s"]
+            row["mac_ratio"] = row["macs"] / rows[-1]["macs"]
     return rows
 
 
@@ -131,6 +147,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5, help="rounds per option; the median is reported")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's current)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: CUDA when present)")
+    p.add_argument("--references", action="store_true",
+                   help="also time the unbranched original and the mixed model with its paths apart")
     p.add_argument("--out", type=Path, default=RUNS_DIR / "train_speed.json", help="JSON to write")
     return p
 
@@ -140,12 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         rows = measure(args.options, args.width, args.keep_ratio, args.alpha, args.batch_size, args.steps,
-                       args.repeats, args.device, args.threads, moving_alpha=args.moving_alpha)
+                       args.repeats, args.device, args.threads, moving_alpha=args.moving_alpha,
+                       references=args.references)
     except ValueError as err:
         parser().error(str(err))
-    print(format_table(rows, ["option", "train_images_per_s", "train_ratio", "eval_images_per_s", "eval_ratio"],
+    columns = ["option", "train_images_per_s", "train_ratio", "eval_images_per_s", "eval_ratio"]
+    print(format_table(rows, columns + (["time_vs_original", "mac_ratio"] if args.references else []),
                        {"train_images_per_s": ".1f", "train_ratio": ".2f", "eval_images_per_s": ".1f",
-                        "eval_ratio": ".2f"}))
+                        "eval_ratio": ".2f", "time_vs_original": ".2f", "mac_ratio": ".2f"}))
     record = {"command": shlex.join(["python", "-m", "pruning_utils.train_speed", *argv]),
               "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "threads": torch.get_num_threads(), "machine": machine(), "rows": rows}
