@@ -42,3 +42,25 @@ def test_bad_model_arguments():
         models.vgg16(classifier="big")
     with pytest.raises(ValueError, match="bottleneck"):
         models.RGBAutoencoder(bottleneck=0)
+
+
+def test_the_skip_autoencoder_has_the_plain_ones_layers_and_adds_two_skips():
+    plain, skips = models.RGBAutoencoder(width=0.125), models.SkipAutoencoder(width=0.125)
+    skips.load_state_dict(plain.state_dict())  # the same layers, so a state_dict moves between them
+    x = torch.rand(2, 3, 128, 128)
+    assert skips(x).shape == x.shape and not torch.allclose(skips(x), plain(x))
+    with torch.no_grad():  # with the BatchNorms before the skips at zero, the skips add zeros
+        for index in models.SkipAutoencoder.SKIPS.values():
+            skips.encoder[index - 1].weight.zero_()
+            skips.encoder[index - 1].bias.zero_()
+    plain.load_state_dict(skips.state_dict())
+    assert torch.allclose(skips.eval()(x), plain.eval()(x))
+
+
+def test_the_cifar_resnet_has_he_et_als_sizes_and_refuses_other_depths():
+    model = models.resnet_cifar(20)
+    assert sum(p.numel() for p in model.parameters()) == 272_474
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert isinstance(model.stage2[0].shortcut[0], nn.Conv2d) and len(model.stage1[0].shortcut) == 0
+    with pytest.raises(ValueError, match="6n \\+ 2"):
+        models.resnet_cifar(21)

@@ -25,6 +25,9 @@ TINY = {
     "08_method_ablations.ipynb": {"VGG_WIDTH": 0.0625, "BASELINE_EPOCHS": 1, "EPOCHS": 3, "TRAIN_SIZE": 256,
                                   "ARMS": ["reference", "ce_kd", "deep_first", "torch_pruning_l1"], "SEEDS": [0, 1],
                                   "MIN_GAIN": -100.0, "RESUME": False},
+    "10_skip_autoencoder.ipynb": {"AE_WIDTH": 0.0625, "AE_EPOCHS": 1, "CROPS_PER_PHOTO": 2, "PRUNE_EPOCHS": 2,
+                                  "RECIPE": {"ramp_epochs": 1}, "SPEED_BATCH_SIZES": [1], "SPEED_MIN_RUN_TIME": 0.01,
+                                  "SPEED_REPEATS": 1, "RESUME": False},
     "09_resnet_pruning.ipynb": {"BASELINE_EPOCHS": 1, "EPOCHS": 2, "BRANCH_RECIPE": {"ramp_epochs": 1},
                                 "FRACTIONS": [0.35], "SPEED_BATCH_SIZES": [1], "SPEED_MIN_RUN_TIME": 0.01,
                                 "SPEED_REPEATS": 1, "RESUME": False},
@@ -112,7 +115,18 @@ def check_09(metrics, parameters):
     assert all(g["mac_ratio"] > 1 and g["speedup"] > 0 for g in metrics["speed"])
 
 
-CHECKS = {"09_resnet_pruning.ipynb": check_09, "08_method_ablations.ipynb": check_08, "07_comparison.ipynb": check_07, "06_benchmarking.ipynb": check_06, "01_baseline_training.ipynb": check_01, "02_vgg16_pruning.ipynb": check_02, "03_encoder_pruning.ipynb": check_03,
+def check_10(metrics, parameters):
+    arms = {(a["autoencoder"], a["part"]): a for a in metrics["arms"]}
+    assert len(arms) == 2 * len(parameters["PARTS"])
+    assert arms[("skips", "both")]["params"] == arms[("no skips", "both")]["params"]  # additive skips add nothing
+    assert arms[("skips", "decoder")]["params"] > arms[("no skips", "decoder")]["params"]  # coupled units stay whole
+    assert all(a["fold_relative_max_difference"] <= 1e-5 and 0 < a["test_ssim"] <= 1 for a in arms.values())
+    kinds = {e["name"]: e["kind"] for e in metrics["plans"]["both"]}
+    assert {n for n, k in kinds.items() if k == "shared selection"} == {"encoder.6", "encoder.12", "decoder.0", "decoder.3"}
+    assert len(metrics["speed"]) == len(arms) * len(parameters["SPEED_BATCH_SIZES"])
+
+
+CHECKS = {"10_skip_autoencoder.ipynb": check_10, "09_resnet_pruning.ipynb": check_09, "08_method_ablations.ipynb": check_08, "07_comparison.ipynb": check_07, "06_benchmarking.ipynb": check_06, "01_baseline_training.ipynb": check_01, "02_vgg16_pruning.ipynb": check_02, "03_encoder_pruning.ipynb": check_03,
           "04_decoder_pruning.ipynb": check_04, "05_weight_folding.ipynb": check_05}
 
 

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -34,3 +36,13 @@ def test_png_is_enlarged(branched):
     from PIL import Image
 
     assert Image.open(BytesIO(to_png(torch.rand(3, 16, 16), scale=3))).size == (48, 48)
+
+
+def test_reconstruction_rows_are_labelled_with_their_psnr(tmp_path):
+    from pruning_utils.harness import plots
+
+    original = torch.rand(2, 3, 8, 8)
+    fig = plots.plot_reconstructions({"original": original, "noisy": (original + 0.1).clamp(0, 1)}, tmp_path / "r.png")
+    labels = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
+    mse = torch.nn.functional.mse_loss((original + 0.1).clamp(0, 1), original).item()
+    assert labels == ["original", f"noisy\n{10 * math.log10(1 / mse):.1f} dB"]

@@ -90,6 +90,31 @@ class RGBAutoencoder(nn.Sequential):
         init_weights(self)
 
 
+class SkipAutoencoder(RGBAutoencoder):
+    """:class:`RGBAutoencoder` with additive skips from the encoder to the decoder at 32x32 and 64x64.
+
+    The output of the encoder's first convolution block of stages 2 and 3 (C2 channels at 64x64, C3 at 32x32) is
+    added to the decoder's output of the same size. Addition, not concatenation: the layers and their parameters
+    are exactly those of the skip-less autoencoder (so the two compare at equal parameters, and a state_dict moves
+    between them), and the coupled channels are pruned together (shared selections). No skip at 128x128: it would
+    hand the input's own resolution to the last layers and leave the bottleneck nothing to do.
+    """
+
+    SKIPS = {2: 14, 5: 8}  # decoder layer index -> the encoder layer index whose output is added after it
+
+    def forward(self, x):
+        kept = {}
+        for index, layer in enumerate(self.encoder):
+            x = layer(x)
+            if index in self.SKIPS.values():
+                kept[index] = x
+        for index, layer in enumerate(self.decoder):
+            x = layer(x)
+            if index in self.SKIPS:
+                x = x + kept[self.SKIPS[index]]
+        return x
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 conv-BN layers (ReLU between) added to the input, or to a 1x1 conv-BN shortcut where the shape
     changes (He et al.'s option B), then ReLU."""

@@ -5,8 +5,10 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
+import torch.nn.functional as F
 
 from ..engine.distributed import is_main
+from ..engine.tasks import psnr
 
 
 def save(fig, path: str | Path | None) -> Path | None:
@@ -57,9 +59,17 @@ def plot_pruning_curves(runs: dict[str, list[dict]], metric: str, baseline: floa
     return fig
 
 
-def plot_reconstructions(rows: dict[str, torch.Tensor], path=None, title: str = ""):
-    """A grid: one row per label, one column per image (tensors N x 3 x H x W in [0, 1])."""
+def plot_reconstructions(rows: dict[str, torch.Tensor], path=None, title: str = "", reference: str = "original"):
+    """A grid: one row per label, one column per image (tensors N x 3 x H x W in [0, 1]); each row but the
+    ``reference`` one is labelled with its PSNR against it over the row's images."""
     labels = list(rows)
+
+    def label_of(name: str) -> str:
+        if name == reference or reference not in rows:
+            return name
+        mse = F.mse_loss(rows[name].float().clamp(0, 1), rows[reference].float().clamp(0, 1)).item()
+        return f"{name}\n{psnr(mse):.1f} dB"
+
     count = len(next(iter(rows.values())))
     fig, axes = plt.subplots(len(labels), count, figsize=(2.2 * count, 2.3 * len(labels)), squeeze=False)
     for r, label in enumerate(labels):
@@ -69,7 +79,7 @@ def plot_reconstructions(rows: dict[str, torch.Tensor], path=None, title: str = 
             ax.set_xticks([])
             ax.set_yticks([])
             if c == 0:
-                ax.set_ylabel(label, fontsize=9)
+                ax.set_ylabel(label_of(label), fontsize=9)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -10,7 +10,7 @@ from ..config import CHECKPOINT_DIR, get_device, seed_everything
 from ..engine.data import ImageSplits, PhotoSplits
 from ..engine.distributed import world_size
 from ..engine.identity import fingerprint
-from ..engine.models import RGBAutoencoder, resnet_cifar, vgg16
+from ..engine.models import RGBAutoencoder, SkipAutoencoder, resnet_cifar, vgg16
 from ..engine.speed import PLAIN, Speed
 from ..engine.train import fit
 from .records import slug
@@ -81,19 +81,21 @@ def _train_classifier(model: nn.Module, data: ImageSplits, path: Path, meta: dic
 
 
 def autoencoder_baseline(data: PhotoSplits, *, width: float, epochs: int, batch_size: int = 16,
-                         crops_per_photo: int = 8, lr: float = 1e-3, bottleneck: int = 128, seed: int = 0,
-                         device=None, progress: bool = True, checkpoint: str | Path | None = None,
+                         crops_per_photo: int = 8, lr: float = 1e-3, bottleneck: int = 128, skips: bool = False,
+                         seed: int = 0, device=None, progress: bool = True, checkpoint: str | Path | None = None,
                          speed: Speed = PLAIN) -> tuple[nn.Module, list[dict], Path]:
-    """Train :class:`RGBAutoencoder` on photo crops (Adam, one-cycle schedule), or load it when trained.
+    """Train :class:`RGBAutoencoder` (``skips``: :class:`SkipAutoencoder`) on photo crops (Adam, one-cycle
+    schedule), or load it when trained.
 
     ``speed``: see :class:`~pruning_utils.engine.speed.Speed`."""
     device = get_device(device)
+    kind = "skip_autoencoder" if skips else "autoencoder"
     path = Path(checkpoint) if checkpoint else baseline_checkpoint_path(
-        "autoencoder", data, width, epochs, seed, z=bottleneck, b=batch_size, n=crops_per_photo, lr=lr)
+        kind, data, width, epochs, seed, z=bottleneck, b=batch_size, n=crops_per_photo, lr=lr)
     seed_everything(seed)
-    model = RGBAutoencoder(width=width, bottleneck=bottleneck).to(device)
+    model = (SkipAutoencoder if skips else RGBAutoencoder)(width=width, bottleneck=bottleneck).to(device)
     train, val, _ = data.loaders(batch_size, crops_per_photo, device=device, seed=seed)
-    meta = {"model": "autoencoder", "width": width, "bottleneck": bottleneck, "batch_size": batch_size,
+    meta = {"model": kind, "width": width, "bottleneck": bottleneck, "batch_size": batch_size,
             "crops_per_photo": crops_per_photo, "seed": seed, "data": data_identity(data)}
     history = fit(model, train, val, task="reconstruction", epochs=epochs, lr=lr, optimizer="adam",
                   weight_decay=0.0, scheduler="onecycle", checkpoint=path, meta=meta, progress=progress,

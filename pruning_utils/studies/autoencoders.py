@@ -1,10 +1,11 @@
-"""The autoencoder experiments of notebooks 03 and 04: shared set-up, pruning of a part, reconstructions."""
+"""The autoencoder experiments of notebooks 03, 04 and 10: shared set-up, pruning of a part, SSIM, reconstructions."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from skimage.metrics import structural_similarity
 from torch import nn
 
 from ..config import Profile, pick, resolve_path
@@ -38,15 +39,17 @@ class AutoencoderSetup:
 
 
 def setup(profile: Profile, photo_source=None, width=None, epochs=None, batch_size=None, lr=None,
-          crops_per_photo=None, seed: int = 0, device=None, progress: bool = True, samples: int = 4) -> AutoencoderSetup:
-    """Load the photos and train (or load) the baseline autoencoder with the profile's defaults for ``None``."""
+          crops_per_photo=None, seed: int = 0, device=None, progress: bool = True, samples: int = 4,
+          skips: bool = False) -> AutoencoderSetup:
+    """Load the photos and train (or load) the baseline autoencoder (``skips``: the
+    :class:`~pruning_utils.engine.models.SkipAutoencoder`) with the profile's defaults for ``None``."""
     source = pick(photo_source, profile.photo_source)
     photos = load_photos(source if source == EMBEDDED else str(resolve_path(source)), seed=seed)
     batch_size = pick(batch_size, profile.ae_batch_size)
     crops = pick(crops_per_photo, profile.crops_per_photo)
     baseline, history, _ = autoencoder_baseline(
         photos, width=pick(width, profile.ae_width), epochs=pick(epochs, profile.ae_epochs), batch_size=batch_size,
-        crops_per_photo=crops, lr=pick(lr, profile.ae_lr), seed=seed, device=device, progress=progress)
+        crops_per_photo=crops, lr=pick(lr, profile.ae_lr), skips=skips, seed=seed, device=device, progress=progress)
     loaders = photos.loaders(batch_size, crops, device=device, seed=seed)
     test = evaluate(baseline, loaders[2], RECONSTRUCTION)
     metrics = {"val_loss": history[-1]["val_loss"], "val_psnr": history[-1]["val_psnr"], "test_loss": test["loss"],
@@ -67,6 +70,20 @@ def prune_part(ae: AutoencoderSetup, part: str, *, keep_ratio: float, recipe: Re
                           epochs=epochs, task=RECONSTRUCTION, input_shape=INPUT_SHAPE,
                           include=None if part == "both" else [part], checkpoint_dir=Path(checkpoint_dir) / part,
                           resume=resume, progress=ae.progress)
+
+
+@torch.inference_mode()
+def mean_ssim(model: nn.Module, loader) -> float:
+    """Mean SSIM (scikit-image's ``structural_similarity``, Gaussian weights as Wang et al., data range 1) of the
+    model's reconstructions against the images of ``loader`` (eval mode)."""
+    model.eval()
+    scores = []
+    for x, y in loader:
+        out = model(x).float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+        target = y.float().permute(0, 2, 3, 1).cpu().numpy()
+        scores += [structural_similarity(a, b, channel_axis=-1, data_range=1.0, gaussian_weights=True, sigma=1.5,
+                                         use_sample_covariance=False) for a, b in zip(out, target)]
+    return float(sum(scores) / len(scores))
 
 
 @torch.inference_mode()
