@@ -185,9 +185,10 @@ def test_compare_rejects_bad_input(digits, tmp_path):
         comparison.compare(model, loaders, shape, [0.35], ["autopruner_scratch"], results_dir=tmp_path)
     with pytest.raises(ValueError, match="fractions"):
         comparison.compare(model, loaders, shape, [1.5], ["scratch"], results_dir=tmp_path)
-    with pytest.raises(ValueError, match="autopruner_epochs"):
-        comparison.compare(model, loaders, shape, [0.35], ["scratch"], comparison.ComparisonConfig(epochs=3,
+    with pytest.raises(ValueError, match="autopruner_epochs"):  # checked where AutoPruner runs
+        comparison.compare(model, loaders, shape, [0.35], ["autopruner"], comparison.ComparisonConfig(epochs=3,
                            autopruner_epochs=3), results_dir=tmp_path)
+    comparison.ComparisonConfig(epochs=3, autopruner_epochs=3).validate(["scratch"])
     with pytest.raises(ValueError, match="ramp_epochs"):  # the branches' recipe does not fit the epochs
         comparison.compare(model, loaders, shape, [0.35], ["branches"], comparison.ComparisonConfig(
                            epochs=3, recipe=Recipe(ramp_epochs=3)), results_dir=tmp_path)

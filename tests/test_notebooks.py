@@ -117,13 +117,14 @@ def check_09(metrics, parameters):
 
 def check_10(metrics, parameters):
     arms = {(a["autoencoder"], a["part"]): a for a in metrics["arms"]}
-    assert len(arms) == 2 * len(parameters["PARTS"])
+    assert len(arms) == 2 * (len(parameters["PARTS"]) + parameters["ONE_SHOT"])
+    assert arms[("skips", "both, one-shot")]["params"] == arms[("skips", "both")]["params"]
     assert arms[("skips", "both")]["params"] == arms[("no skips", "both")]["params"]  # additive skips add nothing
     assert arms[("skips", "decoder")]["params"] > arms[("no skips", "decoder")]["params"]  # coupled units stay whole
     assert all(a["fold_relative_max_difference"] <= 1e-5 and 0 < a["test_ssim"] <= 1 for a in arms.values())
     kinds = {e["name"]: e["kind"] for e in metrics["plans"]["both"]}
     assert {n for n, k in kinds.items() if k == "shared selection"} == {"encoder.6", "encoder.12", "decoder.0", "decoder.3"}
-    assert len(metrics["speed"]) == len(arms) * len(parameters["SPEED_BATCH_SIZES"])
+    assert len(metrics["speed"]) == 2 * len(parameters["PARTS"]) * len(parameters["SPEED_BATCH_SIZES"])
 
 
 CHECKS = {"10_skip_autoencoder.ipynb": check_10, "09_resnet_pruning.ipynb": check_09, "08_method_ablations.ipynb": check_08, "07_comparison.ipynb": check_07, "06_benchmarking.ipynb": check_06, "01_baseline_training.ipynb": check_01, "02_vgg16_pruning.ipynb": check_02, "03_encoder_pruning.ipynb": check_03,

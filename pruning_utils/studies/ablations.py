@@ -46,6 +46,7 @@ ARMS: dict[str, tuple[str, dict]] = {
     "he_init": ("branch init", {"init": "he"}),
     "seeds_stages": ("schedule", {"schedule": "step"}),
     "cosine_ramp": ("schedule", {"schedule": "cosine"}),
+    "one_shot": ("schedule", {"schedule": "explicit", "stage_alphas": (0.0,)}),  # the largest decay: 1 -> 0 at once
     "ramp_1": ("final phase", {"ramp_epochs": 1}),
     "ramp_4": ("final phase", {"ramp_epochs": 4}),
     "logits_mse": ("loss", {"loss": "logits_mse"}),
