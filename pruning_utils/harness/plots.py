@@ -97,9 +97,11 @@ def plot_comparison(rows: list[dict], baseline: float | None = None, title: str 
         for ax, key in zip(axes, ("params", "macs", "train_seconds")):
             ax.plot([r[key] for r in own], [r["val_acc"] for r in own], marker="os^vD<>"[i % 7], color=f"C{i}",
                     label=method)
-    for ax, label in zip(axes, ("parameters left (non-zero)", "MACs per image (dense kernels)",
-                                "training wall time after the baseline (s)")):
-        ax.set_xscale("log")
+    for ax, key, label in zip(axes, ("params", "macs", "train_seconds"), ("parameters left (non-zero)",
+                              "MACs per image (dense kernels)", "training wall time after the baseline (s)")):
+        values = [r[key] for r in rows]
+        if max(values) > 10 * min(values):  # a log axis over a narrower range labels its minor ticks on top of each other
+            ax.set_xscale("log")
         ax.set_xlabel(label)
         if baseline is not None:
             ax.axhline(baseline, color="k", ls="--", lw=1, label="baseline" if ax is axes[0] else None)
