@@ -205,9 +205,10 @@ class ChannelSelection(nn.Module):
         return self.index.numel()
 
     def matrix(self) -> torch.Tensor:
-        eye = torch.zeros(self.channels, self.in_channels, device=self.index.device)
-        eye[self.index, torch.arange(self.in_channels, device=self.index.device)] = 1.0
-        return eye
+        """The [C, k] 0/1 matrix: column j is 1 at row ``index[j]``."""
+        selection = torch.zeros(self.channels, self.in_channels, device=self.index.device)
+        selection[self.index, torch.arange(self.in_channels, device=self.index.device)] = 1.0
+        return selection
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return z.new_zeros(z.shape[0], self.channels, *z.shape[2:]).index_copy(1, self.index, z)
@@ -384,8 +385,7 @@ def make_branched_unit(layer: nn.Module, post_ops: list[nn.Module], k: int,
         else:
             keep = filter_l1_norms(layer).topk(k).indices.sort().values
             _copy_selected(layer, post_ops, narrow, narrow_ops, keep)
-            expand.weight.zero_()
-            expand.weight.view(channels, k)[keep, torch.arange(k, device=keep.device)] = 1.0
+            expand.weight.copy_(ChannelSelection(keep, channels).matrix().view_as(expand.weight))
     return BranchedUnit(nn.Sequential(layer, *post_ops), nn.Sequential(narrow, *narrow_ops), expand)
 
 

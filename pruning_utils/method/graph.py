@@ -293,16 +293,12 @@ def graph_units(traced: torch.fx.GraphModule) -> list[GraphUnit]:
             if isinstance(_module(traced, node), LINEAR_TYPES)]
 
 
-def _end(traced: torch.fx.GraphModule, unit: GraphUnit) -> torch.fx.Node:
-    """The graph node whose value the unit outputs (its last post-op, else its layer)."""
-    nodes = {node.name: node for node in traced.graph.nodes}
-    return nodes[unit.post_ops[-1] if unit.post_ops else unit.node]
-
-
 def selection_groups(traced: torch.fx.GraphModule, units: list[GraphUnit]) -> list[Group]:
     """The shared selections of the units that cannot get a learned E, in forward order of their first member."""
     shapes = shape_nodes(traced.graph)
-    ends = {_end(traced, unit): unit for unit in units}
+    nodes = {node.name: node for node in traced.graph.nodes}
+    # the node whose value each unit outputs: its last post-op, else its layer
+    ends = {nodes[unit.post_ops[-1] if unit.post_ops else unit.node]: unit for unit in units}
     groups, grouped = [], set()
     for unit in units:
         if unit.reason is not None and unit.name not in grouped:

@@ -115,12 +115,17 @@ def _fine_tune(model: nn.Module, arm: Arm, *, epochs: int, lr: float, checkpoint
     return epochs
 
 
-def _branches(arm: Arm):
-    result = prune_and_fold(arm.baseline, arm.keep_ratio, arm.loaders, recipe=arm.config.branch_recipe(),
+def _prune_with_branches(arm: Arm, keep_ratio: float, *, shared_selection: bool, name: str):
+    result = prune_and_fold(arm.baseline, keep_ratio, arm.loaders, recipe=arm.config.branch_recipe(),
                             epochs=arm.config.epochs, task=CLASSIFICATION, input_shape=arm.input_shape,
-                            checkpoint_dir=arm.checkpoint("branches"), progress=arm.progress)
+                            shared_selection=shared_selection, checkpoint_dir=arm.checkpoint(name),
+                            progress=arm.progress)
     return result.folded, result.metrics["epochs"], {
-        "fold_relative_max_difference": result.metrics["fold_relative_max_difference"]}
+        "fold_relative_max_difference": result.metrics["fold_relative_max_difference"], "keep_ratio": keep_ratio}
+
+
+def _branches(arm: Arm):
+    return _prune_with_branches(arm, arm.keep_ratio, shared_selection=True, name="branches")
 
 
 def _branches_internal(arm: Arm):
@@ -131,12 +136,7 @@ def _branches_internal(arm: Arm):
         raise ValueError(f"pruning the internal units alone cannot meet the budget of {arm.target_params:,} "
                          f"parameters (it reaches {reached:,} at keep ratio {keep_ratio}); drop 'branches_internal' "
                          f"or choose a larger fraction")
-    result = prune_and_fold(arm.baseline, keep_ratio, arm.loaders, recipe=arm.config.branch_recipe(),
-                            epochs=arm.config.epochs, task=CLASSIFICATION, input_shape=arm.input_shape,
-                            shared_selection=False, checkpoint_dir=arm.checkpoint("branches_internal"),
-                            progress=arm.progress)
-    return result.folded, result.metrics["epochs"], {
-        "fold_relative_max_difference": result.metrics["fold_relative_max_difference"], "keep_ratio": keep_ratio}
+    return _prune_with_branches(arm, keep_ratio, shared_selection=False, name="branches_internal")
 
 
 def _torch_pruning(arm: Arm):
