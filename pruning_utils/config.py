@@ -39,6 +39,8 @@ class Profile:
     resnet_epochs: int
     ae_width: float
     ae_epochs: int
+    gan_width: float
+    gan_epochs: int
     batch_size: int
     ae_batch_size: int
     lr: float
@@ -49,12 +51,13 @@ class Profile:
 
 
 PROFILES = {profile.name: profile for profile in (
-    Profile("quick", classification_source="embedded", photo_source="embedded", vgg_width=0.125, vgg_epochs=4,
-            resnet_width=0.25, resnet_epochs=4, ae_width=0.125, ae_epochs=8, batch_size=64, ae_batch_size=16,
-            lr=0.05, ae_lr=3e-3, prune_epochs=4, crops_per_photo=32,
+    Profile("quick", classification_source="embedded", photo_source="embedded", vgg_width=0.125, vgg_epochs=3,
+            resnet_width=0.25, resnet_epochs=2, ae_width=0.125, ae_epochs=4, gan_width=0.125, gan_epochs=2,
+            batch_size=64, ae_batch_size=16, lr=0.05, ae_lr=3e-3, prune_epochs=2, crops_per_photo=16,
             notes="smoke scale on data shipped with scikit-learn and scikit-image; minutes on 2 CPU cores"),
     Profile("full", classification_source=str(DATA_DIR / "cifar10"), photo_source=str(DATA_DIR / "photos"),
             vgg_width=1.0, vgg_epochs=100, resnet_width=1.0, resnet_epochs=100, ae_width=1.0, ae_epochs=100,
+            gan_width=1.0, gan_epochs=25,
             batch_size=128, ae_batch_size=32, lr=0.05, ae_lr=1e-3, prune_epochs=40, crops_per_photo=16,
             notes="the seeds' scale: full CIFAR-10 and a photo folder; meant for a GPU"),
 )}

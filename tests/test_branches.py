@@ -7,6 +7,7 @@ from torch import nn
 
 import pruning_utils as pu
 from pruning_utils.engine import models
+from pruning_utils.engine.sizes import count_parameters
 from pruning_utils.method import branches
 
 
@@ -324,3 +325,74 @@ def test_paths_run_apart_where_they_cannot_share_a_convolution():
     assert not any(u.fuse_paths for u in branches.branched_units(decoder).values())  # ConvTranspose2d
     dropout = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Dropout(0.5), nn.ReLU(), nn.Conv2d(8, 2, 1))
     assert not branches.branched_units(pu.attach_branches(dropout, 0.5))["0"].fuse_paths  # masks would differ
+
+
+# --------------------------------------------------------------------------------------------
+# The seeds' projection branch
+# --------------------------------------------------------------------------------------------
+def _train_mixed(model, shape, steps=2, alpha=0.5):
+    pu.set_alpha(model, alpha)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(steps):
+        loss = model(torch.randn(shape)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("factory, shape", [
+    (lambda: models.vgg16(10, width=0.125, classifier="mlp"), (2, 3, 32, 32)),  # Conv2d and Linear units
+    (lambda: models.RGBAutoencoder(width=0.0625, bottleneck=8), (2, 3, 64, 64)),  # ConvTranspose2d units
+    (lambda: models.resnet_cifar(20, width=0.25), (2, 3, 32, 32)),  # a graph: learned E and shared selections
+])
+def test_projection_branches_share_the_layer_and_fold_exactly(factory, shape):
+    torch.manual_seed(0)
+    model = factory().eval()
+    x = torch.randn(shape)
+    projected = pu.attach_branches(copy.deepcopy(model), 0.5, branch_kind="projection")
+    conv = pu.attach_branches(copy.deepcopy(model), 0.5, branch_kind="conv")
+    for unit in branches.branched_units(projected).values():
+        assert unit.branch[0].layer is unit.original[0]  # one set of weights W for both paths
+    pu.set_alpha(projected, 0.0)
+    pu.set_alpha(conv, 0.0)
+    assert torch.allclose(projected.eval()(x), conv.eval()(x), atol=1e-6)  # the L1 start: the same branch
+    _train_mixed(projected, shape)
+    pu.set_alpha(projected, 0.0)
+    folded = pu.fold(projected.eval()).eval()
+    reference = projected(x)
+    assert (folded(x) - reference).abs().max() <= 1e-5 * reference.abs().max()
+    assert count_parameters(folded) == count_parameters(pu.fold(conv))  # the same folded architecture
+
+
+def test_projection_runs_the_layer_once_in_the_mixed_phase_and_trains_it_through_the_branch():
+    torch.manual_seed(0)
+    model = pu.attach_branches(models.vgg16(10, width=0.125), 0.5, branch_kind="projection")
+    unit = next(iter(branches.branched_units(model).values()))
+    calls = []
+    unit.original[0].register_forward_hook(lambda *args: calls.append(1))
+    pu.set_alpha(model, 0.5)
+    model(torch.randn(2, 3, 32, 32))
+    assert len(calls) == 1
+    pu.set_alpha(model, 0.0)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert unit.original[0].weight.grad is not None  # at alpha = 0 the shared W still learns, through P
+
+
+def test_projection_state_dict_round_trip_keeps_the_shared_layer():
+    torch.manual_seed(0)
+    model = pu.attach_branches(models.vgg16(10, width=0.125), 0.5, branch_kind="projection", init="he")
+    _train_mixed(model, (2, 3, 32, 32))
+    shell = pu.attach_branches(models.vgg16(10, width=0.125), 0.5, branch_kind="projection", init="he")
+    shell.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(shell.eval()(x), model.eval()(x))
+    unit = next(iter(branches.branched_units(shell).values()))
+    assert unit.branch[0].layer is unit.original[0]
+
+
+def test_unknown_branch_kind_is_refused():
+    with pytest.raises(ValueError, match="kind must be one of"):
+        pu.attach_branches(models.vgg16(10, width=0.125), 0.5, branch_kind="1x1")
+    with pytest.raises(ValueError, match="branch_kind must be one of"):
+        pu.Recipe(branch_kind="1x1").validate()

@@ -31,6 +31,10 @@ TINY = {
     "09_resnet_pruning.ipynb": {"BASELINE_EPOCHS": 1, "EPOCHS": 2, "BRANCH_RECIPE": {"ramp_epochs": 1},
                                 "FRACTIONS": [0.35], "SPEED_BATCH_SIZES": [1], "SPEED_MIN_RUN_TIME": 0.01,
                                 "SPEED_REPEATS": 1, "RESUME": False},
+    "11_dcgan_pruning.ipynb": {"GAN_WIDTH": 0.0625, "GAN_EPOCHS": 1, "CLASSIFIER_WIDTH": 0.0625,
+                               "CLASSIFIER_EPOCHS": 1, "PRUNE_EPOCHS": 2, "CODES_PER_EPOCH": 256,
+                               "RECIPE": {"ramp_epochs": 1}, "SPEED_BATCH_SIZES": [1], "SPEED_MIN_RUN_TIME": 0.01,
+                               "SPEED_REPEATS": 1, "RESUME": False},
 }
 
 
@@ -127,8 +131,25 @@ def check_10(metrics, parameters):
     assert len(metrics["speed"]) == 2 * len(parameters["PARTS"]) * len(parameters["SPEED_BATCH_SIZES"])
 
 
-CHECKS = {"10_skip_autoencoder.ipynb": check_10, "09_resnet_pruning.ipynb": check_09, "08_method_ablations.ipynb": check_08, "07_comparison.ipynb": check_07, "06_benchmarking.ipynb": check_06, "01_baseline_training.ipynb": check_01, "02_vgg16_pruning.ipynb": check_02, "03_encoder_pruning.ipynb": check_03,
-          "04_decoder_pruning.ipynb": check_04, "05_weight_folding.ipynb": check_05}
+def check_11(metrics, parameters):
+    arms = {a["arm"]: a for a in metrics["arms"]}
+    assert len(arms) == 1 + parameters["ONE_SHOT"] + len(parameters["ADVERSARIAL_WEIGHTS"])
+    generator = metrics["gan"]["generator"]
+    assert len({a["params"] for a in arms.values()}) == 1 and arms["ramp"]["params"] < generator["params"]
+    for arm in arms.values():
+        assert arm["fold_relative_max_difference"] <= 1e-5 and arm["fd_real"] >= 0 and arm["fd_original"] >= 0
+        assert arm["test_psnr"] == pytest.approx(10 * math.log10(1 / arm["test_loss"]))
+    assert [e["kind"] for e in metrics["plan"]] == ["learned E"] * 3 + ["left alone"]
+    assert metrics["references"]["real_train_fd_real"] >= 0 and len(metrics["gan"]["history"]) == 1
+    assert len(metrics["speed"]) == len(parameters["SPEED_BATCH_SIZES"])
+    assert metrics["gan"]["discriminator"]["params"] > 0
+
+
+CHECKS = {"01_baseline_training.ipynb": check_01, "02_vgg16_pruning.ipynb": check_02,
+          "03_encoder_pruning.ipynb": check_03, "04_decoder_pruning.ipynb": check_04,
+          "05_weight_folding.ipynb": check_05, "06_benchmarking.ipynb": check_06, "07_comparison.ipynb": check_07,
+          "08_method_ablations.ipynb": check_08, "09_resnet_pruning.ipynb": check_09,
+          "10_skip_autoencoder.ipynb": check_10, "11_dcgan_pruning.ipynb": check_11}
 
 
 @pytest.mark.parametrize("notebook", notebooks.numbered_notebooks(), ids=lambda p: p.name)

@@ -8,6 +8,7 @@ import pytest
 
 import pruning_utils as pu
 from pruning_utils.config import NOTEBOOKS_DIR, REPO_ROOT
+from pruning_utils.engine.train import ResumeMismatchError
 from pruning_utils.harness import cli
 from pruning_utils.method import pipeline, pruning
 from pruning_utils.studies import ablations, autoencoders, comparison
@@ -80,6 +81,18 @@ def test_the_stage_checkpoints_record_the_resolved_recipe(tmp_path):
     state = pruning.load_checkpoint(pruning.stage_checkpoints(tmp_path)[0])
     assert state["settings"]["recipe"]["loss"] == "kd" and state["settings"]["task"] == "classification"
     assert state["settings"]["schedule"] == [s.as_dict() for s in SCHEDULE]
+
+
+def test_checkpoints_from_before_the_branch_kind_resume_and_another_kind_is_refused(tmp_path):
+    from test_pruning import SCHEDULE, _branched, _loaders
+
+    train, val = _loaders()
+    pu.prune(_branched(), train, val, SCHEDULE, checkpoint_dir=tmp_path, max_stages=1, progress=False)
+    state = pruning.load_checkpoint(pruning.stage_checkpoints(tmp_path)[0])
+    assert "branch_kind" not in state["settings"]["recipe"]  # as the runs stored before it existed
+    with pytest.raises(ResumeMismatchError, match="branch_kind"):
+        pu.prune(_branched(), train, val, SCHEDULE, BEST.with_changes(branch_kind="projection"),
+                 checkpoint_dir=tmp_path, progress=False)
 
 
 def test_readme_example_runs_the_best_recipe_end_to_end(tmp_path, monkeypatch):

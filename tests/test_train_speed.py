@@ -36,10 +36,10 @@ def test_moving_alpha_sets_a_new_alpha_between_the_paths_before_every_step():
     assert rows[0]["train_images_per_s"] > 0
 
 
-def test_references_time_the_original_and_the_paths_apart_in_the_same_rounds():
+def test_references_time_the_original_the_paths_apart_and_the_projection_in_the_same_rounds():
     rows = train_speed.measure(["plain"], width=0.0625, batch_size=4, steps=2, repeats=1, warmup=1, moving_alpha=True,
                                references=True)
-    assert [r["option"] for r in rows] == ["plain", "plain_apart", "original"]
+    assert [r["option"] for r in rows] == ["plain", "plain_apart", "plain_projection", "original"]
     assert rows[-1]["time_vs_original"] == rows[-1]["mac_ratio"] == 1.0
-    assert rows[0]["macs"] == rows[1]["macs"] > rows[2]["macs"]  # both paths run in the mixed model, fused or apart
+    assert rows[0]["macs"] == rows[1]["macs"] > rows[2]["macs"] > rows[3]["macs"]  # a 1x1 P costs less than k filters
     assert all(r["time_vs_original"] > 0 for r in rows)

@@ -6,7 +6,7 @@ import torch
 import pruning_utils as pu
 from pruning_utils.engine import models
 from pruning_utils.harness.widgets import alpha_explorer, to_png
-from pruning_utils.studies.autoencoders import reconstruct
+from pruning_utils.method.pipeline import outputs_at_alpha
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ def test_slider_and_chooser_redraw_without_touching_the_model(branched):
     at_zero, original = box.reconstruction.value, box.original.value
     box.slider.value = 1.0
     assert box.reconstruction.value != at_zero
-    assert box.reconstruction.value == to_png(reconstruct(branched, images[:1], 1.0)[0])
+    assert box.reconstruction.value == to_png(outputs_at_alpha(branched, images[:1], 1.0)[0])
     pu.set_alpha(branched, 0.0)
     box.chooser.value = 1
     assert box.original.value != original

@@ -7,12 +7,14 @@ import torch
 from torch import nn
 
 from ..config import CHECKPOINT_DIR, get_device, seed_everything
-from ..engine.data import ImageSplits, PhotoSplits
+from ..engine.data import BatchLoader, ImageSplits, PhotoSplits
 from ..engine.distributed import world_size
 from ..engine.identity import fingerprint
-from ..engine.models import RGBAutoencoder, SkipAutoencoder, resnet_cifar, vgg16
+from ..engine.gan import LatentLoader, train_gan
+from ..engine.models import RGBAutoencoder, SkipAutoencoder, dcgan_discriminator, dcgan_generator, resnet_cifar, vgg16
 from ..engine.speed import PLAIN, Speed
 from ..engine.train import fit
+from ..method.pruning import recalibrate_batchnorm
 from .records import slug
 
 
@@ -101,6 +103,30 @@ def autoencoder_baseline(data: PhotoSplits, *, width: float, epochs: int, batch_
                   weight_decay=0.0, scheduler="onecycle", checkpoint=path, meta=meta, progress=progress,
                   speed=speed)
     return model, history, path
+
+
+def dcgan_baseline(data: ImageSplits, *, width: float, epochs: int, latent_dim: int = 100, batch_size: int = 64,
+                   lr: float = 2e-4, seed: int = 0, device=None, progress: bool = True,
+                   checkpoint: str | Path | None = None, bn_batches: int = 50) -> tuple[nn.Module, nn.Module, list[dict], Path]:
+    """Train a DCGAN (:func:`~pruning_utils.engine.models.dcgan_generator` and ``dcgan_discriminator``) on the
+    training images of ``data`` (labels unused, no augmentation), or load it when trained.
+
+    Afterwards the generator's BatchNorm statistics are re-estimated from ``bn_batches`` batches of random codes, so
+    that it generates in eval mode as it trained. Returns the generator and the discriminator (eval mode, on
+    ``device``), the per-epoch history and the checkpoint path.
+    """
+    device = get_device(device)
+    path = Path(checkpoint) if checkpoint else baseline_checkpoint_path(
+        "dcgan", data, width, epochs, seed, z=latent_dim, b=batch_size, lr=lr)
+    seed_everything(seed)
+    generator, discriminator = dcgan_generator(latent_dim, width).to(device), dcgan_discriminator(width).to(device)
+    real = BatchLoader(data.x_train, None, batch_size, shuffle=True, seed=seed, device=device)
+    meta = {"model": "dcgan", "width": width, "batch_size": batch_size, "seed": seed, "data": data_identity(data)}
+    history = train_gan(generator, discriminator, real, latent_dim=latent_dim, epochs=epochs, lr=lr, seed=seed,
+                        checkpoint=path, meta=meta, progress=progress)
+    recalibrate_batchnorm(generator, LatentLoader(latent_dim, bn_batches * batch_size, batch_size, seed=seed + 1,
+                                                  device=device), bn_batches)
+    return generator.eval(), discriminator.eval(), history, path
 
 
 def seconds_per_epoch(history: list[dict]) -> float:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..studies.autoencoders import reconstruct
+from ..method.pipeline import outputs_at_alpha
 
 
 def to_png(image: torch.Tensor, scale: int = 2) -> bytes:
@@ -44,7 +44,7 @@ def alpha_explorer(model: nn.Module, images: torch.Tensor, labels: list[str] | N
     def redraw(_change=None):
         index = chooser.value
         original.value = to_png(images[index], scale)
-        reconstruction.value = to_png(reconstruct(mixed, images[index:index + 1], slider.value)[0], scale)
+        reconstruction.value = to_png(outputs_at_alpha(mixed, images[index:index + 1], slider.value)[0], scale)
 
     slider.observe(redraw, names="value")
     chooser.observe(redraw, names="value")

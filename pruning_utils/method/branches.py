@@ -18,7 +18,7 @@ import torch.fx
 from torch import nn
 
 from . import fused
-from .recipe import INITS, Recipe
+from .recipe import BRANCH_KINDS, INITS, Recipe
 
 DEFAULT = Recipe()  # the defaults of the best recipe measured (init: the L1 warm start)
 
@@ -217,13 +217,63 @@ class ChannelSelection(nn.Module):
         return f"{self.in_channels} of {self.channels} channels"
 
 
+class ProjectedLayer(nn.Module):
+    """The seeds' branch layer: a 1x1 projection P (C -> k, no bias) of the unit's own layer's output, ``P(W x)``.
+
+    ``layer`` is the very module of the unit's original path (its weights are shared and trained by both paths).
+    :meth:`as_layer` composes the two into one plain layer with the k filters P·W (and bias P·b), which is what the
+    fold keeps.
+    """
+
+    def __init__(self, layer: nn.Module, projection: nn.Module):
+        super().__init__()
+        self.layer = layer
+        self.projection = projection
+
+    @property
+    def out_channels(self) -> int:
+        return out_channels(self.projection)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The composed filters P·W, in the layer's weight layout."""
+        p = self.projection.weight.reshape(self.projection.weight.shape[0], -1)
+        w = self.layer.weight
+        if isinstance(self.layer, nn.ConvTranspose2d):  # [C_in, C, kh, kw]
+            return torch.einsum("kc,ichw->ikhw", p, w)
+        return torch.einsum("kc,c...->k...", p, w)
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        if self.layer.bias is None:
+            return None
+        return self.projection.weight.reshape(self.projection.weight.shape[0], -1) @ self.layer.bias
+
+    def project(self, y: torch.Tensor) -> torch.Tensor:
+        """P applied to the layer's output ``y``."""
+        return self.projection(y)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.layer(x))
+
+    @torch.no_grad()
+    def as_layer(self) -> nn.Module:
+        """One plain layer of the layer's kind and geometry with the k filters P·W."""
+        narrow = _narrow_copy(self.layer, self.out_channels)
+        narrow.weight.copy_(self.weight)
+        if narrow.bias is not None:
+            narrow.bias.copy_(self.bias)
+        return narrow.train(self.training)
+
+
 class BranchedUnit(nn.Module):
     """``alpha * original(x) + (1 - alpha) * expand(branch(x))``.
 
     ``alpha`` is a buffer (saved in state_dicts) that weighs the blend; a Python copy of it decides, without a
     device sync, which paths run: at alpha = 1 only the original, at alpha = 0 only the branch. In between, a
     convolution unit and its branch run as one convolution (:mod:`~pruning_utils.method.fused`) where they can;
-    ``fuse_paths = False`` runs them apart.
+    ``fuse_paths = False`` runs them apart. A branch of the "projection" kind (:class:`ProjectedLayer`) shares the
+    unit's layer, which then runs once for both paths.
     """
 
     def __init__(self, original: nn.Sequential, branch: nn.Sequential, expand: nn.Module):
@@ -252,7 +302,7 @@ class BranchedUnit(nn.Module):
     def expansion(self) -> torch.Tensor:
         """E as a [C, k] matrix."""
         if isinstance(self.expand, ChannelSelection):
-            return self.expand.matrix().to(self.branch[0].weight.dtype)
+            return self.expand.matrix().to(next(self.branch.parameters()).dtype)
         weight = self.expand.weight.detach()
         return weight.reshape(weight.shape[0], weight.shape[1])
 
@@ -270,7 +320,11 @@ class BranchedUnit(nn.Module):
             return self.original(x)
         if a == 0.0:
             return self.pruned(x)
-        if self.fuse_paths and fused.modes_agree(self.original, self.branch):
+        if isinstance(self.branch[0], ProjectedLayer):
+            y = self.original[0](x)
+            original, narrow = _after_layer(self.original, y), _after_layer(self.branch, self.branch[0].project(y))
+            branched = self.expand(narrow)
+        elif self.fuse_paths and fused.modes_agree(self.original, self.branch):
             original, narrow = fused.both_paths(self.original, self.branch, x)
             branched = self.expand(narrow)
         else:
@@ -286,6 +340,13 @@ class BranchedUnit(nn.Module):
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha_value:g}, kept={self.kept}"
+
+
+def _after_layer(path: nn.Sequential, y: torch.Tensor) -> torch.Tensor:
+    """The post-ops of ``path`` (all but its first module) applied to ``y``."""
+    for op in list(path)[1:]:
+        y = op(y)
+    return y
 
 
 def branched_units(model: nn.Module) -> dict[str, BranchedUnit]:
@@ -339,13 +400,12 @@ def filter_l1_norms(layer: nn.Module) -> torch.Tensor:
 @torch.no_grad()
 def _copy_selected(layer: nn.Module, post_ops: list[nn.Module], narrow: nn.Module, narrow_ops: list[nn.Module],
                    keep: torch.Tensor) -> None:
-    """Copy the channels ``keep`` of ``layer`` (and of its BatchNorms) into the narrow branch."""
-    if isinstance(layer, nn.ConvTranspose2d):
-        narrow.weight.copy_(layer.weight[:, keep])
-    else:
-        narrow.weight.copy_(layer.weight[keep])
-    if layer.bias is not None:
-        narrow.bias.copy_(layer.bias[keep])
+    """Copy the channels ``keep`` of ``layer`` (and of its BatchNorms) into the narrow branch (for a
+    :class:`ProjectedLayer`, whose filters are P·W, the BatchNorms alone)."""
+    if not isinstance(narrow, ProjectedLayer):
+        narrow.weight.copy_(layer.weight[:, keep] if isinstance(layer, nn.ConvTranspose2d) else layer.weight[keep])
+        if layer.bias is not None:
+            narrow.bias.copy_(layer.bias[keep])
     for op, new in zip(post_ops, narrow_ops):
         if isinstance(op, (nn.BatchNorm1d, nn.BatchNorm2d)):
             for name in ("weight", "bias", "running_mean", "running_var"):
@@ -355,38 +415,65 @@ def _copy_selected(layer: nn.Module, post_ops: list[nn.Module], narrow: nn.Modul
                 new.num_batches_tracked.copy_(op.num_batches_tracked)
 
 
-def make_branched_unit(layer: nn.Module, post_ops: list[nn.Module], k: int,
-                       init: str = DEFAULT.init, *, selection: torch.Tensor | None = None) -> BranchedUnit:
+def _one_by_one(layer: nn.Module, in_channels: int, out: int) -> nn.Module:
+    """A bias-free 1x1 map over channels of the kind that fits after ``layer``: Linear or Conv2d."""
+    factory = {"device": layer.weight.device, "dtype": layer.weight.dtype}
+    return (nn.Linear(in_channels, out, bias=False, **factory) if isinstance(layer, nn.Linear)
+            else nn.Conv2d(in_channels, out, 1, bias=False, **factory))
+
+
+def make_branched_unit(layer: nn.Module, post_ops: list[nn.Module], k: int, init: str = DEFAULT.init, *,
+                       selection: torch.Tensor | None = None, kind: str = DEFAULT.branch_kind) -> BranchedUnit:
     """Build the :class:`BranchedUnit` for ``layer`` and its ``post_ops``, keeping ``k`` channels.
 
     ``init="he"``: He-normal branch weights (report 4), default expansion. ``init="l1"``: the k
     output channels of ``layer`` with the largest L1 norm are copied and the expansion is their
     selection matrix, so the branch starts as a filter-pruned copy of the unit. ``selection`` (sorted channel
     indices, k of them): the branch is those filters and E stays fixed to their selection
-    (:class:`ChannelSelection`), whatever ``init``.
+    (:class:`ChannelSelection`), whatever ``init``. ``kind="conv"``: the branch's layer has k filters of its own;
+    ``"projection"``: it is a :class:`ProjectedLayer` on the unit's own layer (the seeds' form), whose P starts as
+    the transposed selection (``"l1"`` or ``selection``: the same branch as ``"conv"`` at the start) or He-normal.
     """
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if kind not in BRANCH_KINDS:
+        raise ValueError(f"kind must be one of {BRANCH_KINDS}, got {kind!r}")
     channels = out_channels(layer)
-    narrow = _narrow_copy(layer, k)
     narrow_ops = [_narrow_post_op(op, k) for op in post_ops]
+    keep = selection if selection is not None or init == "he" else filter_l1_norms(layer).topk(k).indices.sort().values
+    if kind == "projection":
+        narrow = ProjectedLayer(layer, _one_by_one(layer, channels, k))
+        _init_projection(narrow.projection, keep, channels)
+    else:
+        narrow = _narrow_copy(layer, k)
+        if keep is None:
+            _he_init(narrow)
+    if keep is not None:
+        _copy_selected(layer, post_ops, narrow, narrow_ops, keep)
     if selection is not None:
-        _copy_selected(layer, post_ops, narrow, narrow_ops, selection)
-        return BranchedUnit(nn.Sequential(layer, *post_ops), nn.Sequential(narrow, *narrow_ops),
-                            ChannelSelection(selection, channels))
-    factory = {"device": layer.weight.device, "dtype": layer.weight.dtype}
-    expand = (nn.Linear(k, channels, bias=False, **factory) if isinstance(layer, nn.Linear)
-              else nn.Conv2d(k, channels, 1, bias=False, **factory))
-    with torch.no_grad():
-        if init == "he":
-            nn.init.kaiming_normal_(narrow.weight, mode="fan_in", nonlinearity="relu")
-            if narrow.bias is not None:
-                narrow.bias.zero_()
-        else:
-            keep = filter_l1_norms(layer).topk(k).indices.sort().values
-            _copy_selected(layer, post_ops, narrow, narrow_ops, keep)
-            expand.weight.copy_(ChannelSelection(keep, channels).matrix().view_as(expand.weight))
+        expand = ChannelSelection(selection, channels)
+    else:
+        expand = _one_by_one(layer, k, channels)
+        if keep is not None:
+            with torch.no_grad():
+                expand.weight.copy_(ChannelSelection(keep, channels).matrix().view_as(expand.weight))
     return BranchedUnit(nn.Sequential(layer, *post_ops), nn.Sequential(narrow, *narrow_ops), expand)
+
+
+@torch.no_grad()
+def _he_init(layer: nn.Module) -> None:
+    nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
+    if layer.bias is not None:
+        layer.bias.zero_()
+
+
+@torch.no_grad()
+def _init_projection(projection: nn.Module, keep: torch.Tensor | None, channels: int) -> None:
+    """P as the transposed selection of ``keep`` (P·W is then the kept filters), or He-normal for None."""
+    if keep is None:
+        _he_init(projection)
+    else:
+        projection.weight.copy_(ChannelSelection(keep, channels).matrix().T.reshape_as(projection.weight))
 
 
 # --------------------------------------------------------------------------------------------
@@ -438,7 +525,8 @@ def _check_post_ops(model: nn.Module, unit: Unit) -> None:
 
 def attach_branches(model: nn.Module, keep_ratio: float | Mapping[str, float] | None = None, include=None,
                     exclude=None, init: str = DEFAULT.init, channel_multiple: int = 1, *,
-                    widths: Mapping[str, int] | None = None, shared_selection: bool = True) -> nn.Module:
+                    widths: Mapping[str, int] | None = None, shared_selection: bool = True,
+                    branch_kind: str = DEFAULT.branch_kind) -> nn.Module:
     """Put a parallel branch beside every unit of ``model`` but the last; return ``model`` (changed in place).
 
     A model that is not a chain (residual additions, concatenations, functional operations) is read as a graph
@@ -451,8 +539,8 @@ def attach_branches(model: nn.Module, keep_ratio: float | Mapping[str, float] | 
     the units to branch. A unit keeps k = max(1, floor(r * C)) of its C channels (rounded to
     ``channel_multiple`` if above 1). Or ``widths``: {unit name: k} naming the units and their kept channels
     exactly (1 <= k <= C). ``include`` / ``exclude``: module-name prefixes (e.g. ``["encoder"]``). ``init``:
-    ``"he"`` or ``"l1"`` (see :func:`make_branched_unit`). All branches start at alpha = 1, where the model
-    computes exactly what it did before.
+    ``"he"`` or ``"l1"``; ``branch_kind``: ``"conv"`` or ``"projection"`` (see :func:`make_branched_unit`). All
+    branches start at alpha = 1, where the model computes exactly what it did before.
     """
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
@@ -467,7 +555,8 @@ def attach_branches(model: nn.Module, keep_ratio: float | Mapping[str, float] | 
 
         return attach_graph_branches(model, widths if widths is not None else keep_ratio, include=include,
                                      exclude=exclude, init=init, channel_multiple=channel_multiple,
-                                     exact=widths is not None, shared_selection=shared_selection)
+                                     exact=widths is not None, shared_selection=shared_selection,
+                                     branch_kind=branch_kind)
     if not units:
         raise UnsupportedModelError("the model has fewer than two linear layers: nothing can be pruned")
     chosen = select_units(units, include, exclude)
@@ -486,7 +575,7 @@ def attach_branches(model: nn.Module, keep_ratio: float | Mapping[str, float] | 
         _check_post_ops(model, unit)
         layer = model.get_submodule(unit.name)
         post_ops = [model.get_submodule(n) for n in unit.post_ops]
-        branched = make_branched_unit(layer, post_ops, kept[unit.name], init)
+        branched = make_branched_unit(layer, post_ops, kept[unit.name], init, kind=branch_kind)
         branched.placeholders, branched.successor = list(unit.post_ops), unit.next_linear
         model.set_submodule(unit.name, branched)
         for name in unit.post_ops:

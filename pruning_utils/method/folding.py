@@ -25,7 +25,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from ..engine.checkpoints import load_checkpoint, load_model_state, save_checkpoint
 from ..engine.sizes import subnormal_mask
-from .branches import BranchedUnit, NotAChainError, UnsupportedModelError, branched_units, trace_chain
+from .branches import (BranchedUnit, NotAChainError, ProjectedLayer, UnsupportedModelError, branched_units,
+                       trace_chain)
 from .graph import graph_from_nodes, graph_nodes
 
 
@@ -162,6 +163,9 @@ def fold(model: nn.Module, fuse_bn: bool = False, flush_subnormals: bool = True)
         raise ValueError(f"fold needs alpha = 0 in every unit; these are not: {nonzero}. Finish the schedule "
                          f"or call set_alpha(model, 0.0) (the original path is then dropped)")
     folded = copy.deepcopy(model)
+    for unit in branched_units(folded).values():
+        if isinstance(unit.branch[0], ProjectedLayer):  # the seeds' branch: its k filters are P·W
+            unit.branch[0] = unit.branch[0].as_layer()
     if any(unit.slices is not None for unit in units.values()):
         folded = _fold_graph(folded)
         if fuse_bn:

@@ -469,7 +469,8 @@ def _plan_entry(unit: GraphUnit, choice: _Choice, groups: list[Group], shared_se
 
 def attach_graph_branches(model: nn.Module, spec, *, include=None, exclude=None, init: str = DEFAULT.init,
                           channel_multiple: int = 1, exact: bool = False,
-                          shared_selection: bool = True) -> torch.fx.GraphModule:
+                          shared_selection: bool = True,
+                          branch_kind: str = DEFAULT.branch_kind) -> torch.fx.GraphModule:
     """:func:`~pruning_utils.attach_branches` for a model that is not a chain: a GraphModule over its layers."""
     traced, units, groups = _read(model, shared_selection)
     if all(u.reason for u in units) and all(g.reason for g in groups):
@@ -483,12 +484,13 @@ def attach_graph_branches(model: nn.Module, spec, *, include=None, exclude=None,
     by_name = {unit.name: unit for unit in units}
     for unit in units:
         if unit.name in choice.learned:
-            _branch(traced, nodes, unit, choice.learned[unit.name], init, unit.slices)
+            _branch(traced, nodes, unit, choice.learned[unit.name], init, unit.slices, kind=branch_kind)
     for index, k in choice.selections.items():
         group = groups[index]
         kept = group_selection(traced, group.members, k)
         for i, name in enumerate(group.members):  # E folds once: the first member carries the stream's slices
-            _branch(traced, nodes, by_name[name], k, init, group.slices if i == 0 else [], selection=kept)
+            _branch(traced, nodes, by_name[name], k, init, group.slices if i == 0 else [], selection=kept,
+                    kind=branch_kind)
     traced.graph.lint()
     traced.recompile()
     traced.delete_all_unused_submodules()
@@ -502,11 +504,11 @@ def group_selection(model: nn.Module, members: list[str], k: int) -> torch.Tenso
 
 
 def _branch(traced: torch.fx.GraphModule, nodes: dict, unit: GraphUnit, k: int, init: str, slices: list[Slice], *,
-            selection: torch.Tensor | None = None) -> None:
+            selection: torch.Tensor | None = None, kind: str = DEFAULT.branch_kind) -> None:
     """Make ``unit``'s node call its BranchedUnit, which takes over the post-ops' nodes."""
     node, post = nodes[unit.node], [nodes[name] for name in unit.post_ops]
     branched = make_branched_unit(traced.get_submodule(unit.name), [_post_module(traced, p) for p in post], k, init,
-                                  selection=selection)
+                                  selection=selection, kind=kind)
     branched.slices = slices
     traced.add_submodule(unit.name, branched)
     for p in reversed(post):

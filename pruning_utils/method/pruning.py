@@ -15,7 +15,6 @@ import copy
 import re
 import time
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -157,16 +156,17 @@ class PruningFailedError(RuntimeError):
     """The run ended without one trained epoch at alpha = 0 (every stage that reaches it was rolled back)."""
 
 
-def _run_settings(recipe: Recipe, schedule: list[Stage], task: Task, model: nn.Module) -> dict:
+def _run_settings(recipe: Recipe, schedule: list[Stage], task: Task, model: nn.Module, loss_fn=None) -> dict:
     """What determines a pruning run's stage checkpoints, so that a resume with other settings is refused."""
-    return {"recipe": asdict(recipe), "schedule": [stage.as_dict() for stage in schedule], "task": task.name,
-            "branches": {name: unit.kept for name, unit in branched_units(model).items()}}
+    settings = {"recipe": recipe.settings(), "schedule": [stage.as_dict() for stage in schedule], "task": task.name,
+                "branches": {name: unit.kept for name, unit in branched_units(model).items()}}
+    return settings if loss_fn is None else {**settings, "loss_fn": repr(loss_fn)}
 
 
 def prune(model: nn.Module, train_loader, val_loader, schedule: list[Stage] | None = None,
           config: Recipe | None = None, *, epochs: int | None = None, task: str | Task = "classification",
           teacher: nn.Module | None = None, checkpoint_dir: str | Path | None = None, resume: bool | int = True,
-          max_stages: int | None = None, progress: bool = True, speed: Speed = PLAIN) -> list[dict]:
+          max_stages: int | None = None, progress: bool = True, speed: Speed = PLAIN, loss_fn=None) -> list[dict]:
     """Train ``model`` (with branches attached) through an alpha schedule; return the per-epoch history.
 
     ``config``: the :class:`~pruning_utils.method.recipe.Recipe` (default: the best one measured); ``schedule``: the
@@ -179,7 +179,9 @@ def prune(model: nn.Module, train_loader, val_loader, schedule: list[Stage] | No
     ``max_stages`` stops after that many stages in this call (a later call resumes). ``speed``: memory format,
     bf16 autocast and torch.compile of the loops (:class:`~pruning_utils.engine.speed.Speed`). Under ``torchrun``
     it trains with DistributedDataParallel (:mod:`pruning_utils.engine.distributed`); alpha follows the same steps
-    on every rank. Raises :class:`PruningFailedError` when the run ends with no epoch trained at alpha = 0.
+    on every rank. ``loss_fn(model, x, y) -> (loss, output)`` replaces the recipe's loss (its ``repr`` goes into
+    the checkpoints' settings: give it one that names its settings, e.g. a dataclass). Raises
+    :class:`PruningFailedError` when the run ends with no epoch trained at alpha = 0.
     """
     task = get_task(task)
     recipe = (config or Recipe()).for_task(task)
@@ -198,8 +200,8 @@ def prune(model: nn.Module, train_loader, val_loader, schedule: list[Stage] | No
     own_teacher = teacher is None and recipe.needs_teacher()
     if recipe.needs_teacher():
         teacher = frozen_teacher(unwrap(model) if own_teacher else teacher)
-    loss_fn = make_loss(recipe, teacher)
-    settings = _run_settings(recipe, schedule, task, unwrap(model))
+    settings = _run_settings(recipe, schedule, task, unwrap(model), loss_fn)
+    loss_fn = loss_fn or make_loss(recipe, teacher)
     history: list[dict] = []
     best: dict = {"metric": None, "state": None}
     first = 0

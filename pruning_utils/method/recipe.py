@@ -15,6 +15,10 @@ from ..engine.tasks import Task, get_task
 from .schedules import KINDS, Stage, make_schedule, ramp
 
 INITS = ("he", "l1")
+BRANCH_KINDS = ("conv", "projection")
+# settings added after runs had been checkpointed: at these values they are left out of a run's settings, so the
+# checkpoints of those runs still resume
+LATER_SETTINGS = {"branch_kind": "conv"}
 LR_SCHEDULES = ("plateau", "constant", "onecycle", "cosine")
 ALPHA_ORDERS = ("together", "deep_first", "shallow_first")
 LOSSES = ("ce", "logits_mse", "kd", "ce+kd", "reconstruction")
@@ -28,6 +32,7 @@ class Recipe:
 
     # branches
     init: str = "l1"  # branch initialisation: "he" or "l1" (the original's filters of largest L1 norm)
+    branch_kind: str = "conv"  # "conv": k filters of their own; "projection": the seeds' 1x1 P on the shared layer
     freeze_original: bool = False  # keep the pretrained layers that the branches replace fixed
     # the alpha schedule (``schedule_for``): a per-step ramp, or the seeds' stages at constant alpha
     schedule: str = "linear"  # "linear" / "cosine" ramp, or "step", "exponential", "multiplicative", "explicit"
@@ -71,6 +76,11 @@ class Recipe:
         seeds = cls(init="he", schedule="step", stage_delta=0.1, loss="ce", lr=0.001, lr_schedule="plateau",
                     plateau_patience=25, restarts=1, restart_epochs=25, restart_patience=25)
         return dataclasses.replace(seeds, **changes)
+
+    def settings(self) -> dict:
+        """Every setting as a dict for a run's stored identity, but those of :data:`LATER_SETTINGS` at their old
+        values, so that runs stored before those settings existed still resume."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if LATER_SETTINGS.get(k, object()) != v}
 
     def with_changes(self, **changes) -> "Recipe":
         """A copy with ``changes``; unknown names are refused with the list of settings."""
@@ -120,7 +130,7 @@ class Recipe:
     def validate(self, task: str | Task | None = None) -> None:
         """Raise ValueError, before any training, on a setting that cannot run (and, with ``task``, a loss that
         does not fit it)."""
-        choices = {"init": INITS, "schedule": KINDS, "lr_schedule": LR_SCHEDULES, "alpha_order": ALPHA_ORDERS,
+        choices = {"init": INITS, "branch_kind": BRANCH_KINDS, "schedule": KINDS, "lr_schedule": LR_SCHEDULES, "alpha_order": ALPHA_ORDERS,
                    "optimizer": ("sgd", "adam")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -44,6 +44,7 @@ REFERENCE = Recipe(init="l1", schedule="linear", ramp_epochs=2, loss="ce", freez
 ARMS: dict[str, tuple[str, dict]] = {
     "reference": ("reference", {}),
     "he_init": ("branch init", {"init": "he"}),
+    "projection": ("branch kind", {"branch_kind": "projection"}),  # the seeds' 1x1 P on the unit's shared layer
     "seeds_stages": ("schedule", {"schedule": "step"}),
     "cosine_ramp": ("schedule", {"schedule": "cosine"}),
     "one_shot": ("schedule", {"schedule": "explicit", "stage_alphas": (0.0,)}),  # the largest decay: 1 -> 0 at once

@@ -14,9 +14,7 @@ from ..engine.sizes import count_macs, count_parameters
 from ..engine.tasks import RECONSTRUCTION
 from ..engine.train import evaluate
 from ..harness.pretrained import autoencoder_baseline
-from ..method.branches import set_alpha
-from ..method.pipeline import PruningResult, prune_and_fold
-from ..method.pruning import load_stage, stage_checkpoints
+from ..method.pipeline import PruningResult, prune_and_fold, stage_outputs
 from ..method.recipe import Recipe
 
 INPUT_SHAPE = (3, 128, 128)
@@ -87,31 +85,10 @@ def mean_ssim(model: nn.Module, loader) -> float:
 
 
 @torch.inference_mode()
-def reconstruct(model: nn.Module, images: torch.Tensor, alpha: float) -> torch.Tensor:
-    """The branched ``model``'s outputs for ``images`` at ``alpha`` (eval mode; alpha is left at that value)."""
-    set_alpha(model, alpha)
-    model.eval()
-    device = next(model.parameters()).device
-    return model(images.to(device)).cpu()
-
-@torch.inference_mode()
 def reconstruction_rows(ae: AutoencoderSetup, result: PruningResult, intermediate: int = 3) -> dict[str, torch.Tensor]:
-    """Rows for a reconstruction figure: originals, the baseline, up to ``intermediate`` stage checkpoints
-    with 0 < alpha < 1 (at their alpha), the pruned model at alpha 0, and the folded network."""
+    """Rows for a reconstruction figure: originals, the baseline, then :func:`~pruning_utils.method.pipeline.stage_outputs`
+    (up to ``intermediate`` stages with 0 < alpha < 1, the pruned model at alpha 0, the folded network)."""
     device = next(ae.baseline.parameters()).device
     images = ae.sample_images.to(device)
-    rows = {"original": ae.sample_images, "baseline": ae.baseline.eval()(images).cpu()}
-    stages = []
-    if result.checkpoint_dir is not None:
-        for index in stage_checkpoints(result.checkpoint_dir):
-            staged = load_stage(result.model, result.checkpoint_dir, index)
-            alpha = next(h["alpha"] for h in reversed(result.history) if h["stage"] == index)
-            if 0 < alpha < 1:
-                stages.append((alpha, staged))
-    keep = sorted({round(i * (len(stages) - 1) / max(intermediate - 1, 1)) for i in range(intermediate)}) if stages else []
-    for i in keep:
-        alpha, staged = stages[i]
-        rows[f"alpha {alpha:.2f}"] = reconstruct(staged, images, alpha)
-    rows["alpha 0 (pruned)"] = reconstruct(result.model, images, 0.0)
-    rows["folded"] = result.folded.eval()(images).cpu()
-    return rows
+    return {"original": ae.sample_images, "baseline": ae.baseline.eval()(images).cpu(),
+            **stage_outputs(result, images, intermediate)}

@@ -8,6 +8,8 @@ left. The methods (:data:`METHODS`):
   08's winner) or the one given; in a residual network, the units a residual addition couples share a selection;
 * ``branches_internal``: the same on the units that can get a learned E only (in a ResNet, the first convolution
   of each block), at a keep ratio that meets the same parameter budget;
+* ``branches_projection``: ``branches`` with the seeds' form of the branch (``branch_kind="projection"``: a 1x1
+  projection of the unit's own, shared layer), the same widths;
 * ``torch_pruning_l1``: Torch-Pruning's L1 filter pruning to the same widths, then fine-tuning;
 * ``magnitude_finetune`` / ``magnitude_rewind``: iterative global magnitude pruning (unstructured) to the
   same number of non-zero parameters, retrained by fine-tuning or learning-rate rewinding;
@@ -37,8 +39,8 @@ from ..method.pipeline import prune_and_fold
 from ..method.recipe import Recipe
 from . import baselines
 
-METHODS = ("branches", "branches_internal", "torch_pruning_l1", "magnitude_finetune", "magnitude_rewind", "autopruner",
-           "autopruner_scratch", "scratch")
+METHODS = ("branches", "branches_internal", "branches_projection", "torch_pruning_l1", "magnitude_finetune",
+           "magnitude_rewind", "autopruner", "autopruner_scratch", "scratch")
 STRUCTURED = ("torch_pruning_l1", "autopruner")  # structured pruning from the baseline, the same epochs as branches
 
 
@@ -115,8 +117,9 @@ def _fine_tune(model: nn.Module, arm: Arm, *, epochs: int, lr: float, checkpoint
     return epochs
 
 
-def _prune_with_branches(arm: Arm, keep_ratio: float, *, shared_selection: bool, name: str):
-    result = prune_and_fold(arm.baseline, keep_ratio, arm.loaders, recipe=arm.config.branch_recipe(),
+def _prune_with_branches(arm: Arm, keep_ratio: float, *, shared_selection: bool, name: str, **recipe_changes):
+    result = prune_and_fold(arm.baseline, keep_ratio, arm.loaders,
+                            recipe=arm.config.branch_recipe().with_changes(**recipe_changes),
                             epochs=arm.config.epochs, task=CLASSIFICATION, input_shape=arm.input_shape,
                             shared_selection=shared_selection, checkpoint_dir=arm.checkpoint(name),
                             progress=arm.progress)
@@ -137,6 +140,11 @@ def _branches_internal(arm: Arm):
                          f"parameters (it reaches {reached:,} at keep ratio {keep_ratio}); drop 'branches_internal' "
                          f"or choose a larger fraction")
     return _prune_with_branches(arm, keep_ratio, shared_selection=False, name="branches_internal")
+
+
+def _branches_projection(arm: Arm):
+    return _prune_with_branches(arm, arm.keep_ratio, shared_selection=True, name="branches_projection",
+                                branch_kind="projection")
 
 
 def _torch_pruning(arm: Arm):
@@ -186,7 +194,8 @@ def _from_scratch(method: str):
     return run
 
 
-ARMS = {"branches": _branches, "branches_internal": _branches_internal, "torch_pruning_l1": _torch_pruning, "magnitude_finetune": _magnitude("finetune"),
+ARMS = {"branches": _branches, "branches_internal": _branches_internal, "branches_projection": _branches_projection,
+        "torch_pruning_l1": _torch_pruning, "magnitude_finetune": _magnitude("finetune"),
         "magnitude_rewind": _magnitude("rewind"), "autopruner": _autopruner,
         "autopruner_scratch": _from_scratch("autopruner_scratch"), "scratch": _from_scratch("scratch")}
 
@@ -264,8 +273,11 @@ def compare(baseline: nn.Module, loaders, input_shape, fractions, methods=METHOD
 
 def arm_identity(baseline: nn.Module, loaders, config, seed: int) -> dict:
     """What an arm's result depends on beyond its method and budget: baseline, data, protocol and seed."""
+    settings = asdict(config)
+    if isinstance(getattr(config, "recipe", None), Recipe):  # the recipe as runs store it (Recipe.settings)
+        settings["recipe"] = config.recipe.settings()
     return {"baseline": fingerprint(baseline), "data": [loader_fingerprint(loader) for loader in loaders],
-            "seed": seed, "config": asdict(config)}
+            "seed": seed, "config": settings}
 
 
 def forget(*paths: Path) -> None:

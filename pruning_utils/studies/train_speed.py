@@ -39,10 +39,12 @@ OPTIONS = {"plain": Speed(), "channels_last": Speed(channels_last=True), "bf16":
            "all": Speed(channels_last=True, bf16=True, compile=True)}
 
 
-def mixed_vgg(width: float = 0.25, keep_ratio: float = 0.59, alpha: float = 0.5, seed: int = 0) -> nn.Module:
-    """VGG16-BN (10 classes) with L1 warm-start branches at ``keep_ratio`` on every unit, alpha fixed."""
+def mixed_vgg(width: float = 0.25, keep_ratio: float = 0.59, alpha: float = 0.5, seed: int = 0,
+              branch_kind: str = "conv") -> nn.Module:
+    """VGG16-BN (10 classes) with L1 warm-start branches of ``branch_kind`` at ``keep_ratio`` on every unit, alpha
+    fixed."""
     seed_everything(seed)
-    model = attach_branches(vgg16(10, width=width), keep_ratio, init="l1")
+    model = attach_branches(vgg16(10, width=width), keep_ratio, init="l1", branch_kind=branch_kind)
     set_alpha(model, alpha)
     return model
 
@@ -86,8 +88,10 @@ def measure(options=tuple(OPTIONS), width: float = 0.25, keep_ratio: float = 0.5
     """One row per option: median, slowest and fastest round of training and evaluation images per second, and
     their ratios to ``plain`` (which is always measured). ``moving_alpha``: see the module's docstring.
 
-    ``references`` adds two rows measured in the same rounds: ``original``, the unbranched VGG16, and ``plain_apart``,
-    the mixed model with each unit and its branch run as two convolutions (``fuse_paths = False``); every row then
+    ``references`` adds three rows measured in the same rounds: ``original``, the unbranched VGG16, ``plain_apart``,
+    the mixed model with each unit and its branch run as two convolutions (``fuse_paths = False``), and
+    ``plain_projection``, the mixed model with the seeds' projection branches (``branch_kind="projection"``: the
+    unit's convolution once, a 1x1 projection to k channels, the branch's post-ops and E); every row then
     has ``time_vs_original`` (its training step time over the original's) and ``mac_ratio`` (its MACs per image
     over the original's: 1 + the branches' share)."""
     unknown = sorted(set(options) - set(OPTIONS))
@@ -104,7 +108,9 @@ def measure(options=tuple(OPTIONS), width: float = 0.25, keep_ratio: float = 0.5
         apart = copy.deepcopy(base)
         for unit in branched_units(apart).values():
             unit.fuse_paths = False
-        variants |= {"plain_apart": (apart, Speed()), "original": (vgg16(10, width=width).to(device), Speed())}
+        projection = mixed_vgg(width, keep_ratio, alpha, branch_kind="projection").to(device)
+        variants |= {"plain_apart": (apart, Speed()), "plain_projection": (projection, Speed()),
+                     "original": (vgg16(10, width=width).to(device), Speed())}
     generator = torch.Generator().manual_seed(0)
     batches = [(torch.randn(batch_size, 3, 32, 32, generator=generator).to(device),
                 torch.randint(0, 10, (batch_size,), generator=generator).to(device)) for _ in range(steps)]
@@ -148,7 +154,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's current)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: CUDA when present)")
     p.add_argument("--references", action="store_true",
-                   help="also time the unbranched original and the mixed model with its paths apart")
+                   help="also time the unbranched original, the mixed model with its paths apart and the mixed "
+                        "model with projection branches")
     p.add_argument("--out", type=Path, default=RUNS_DIR / "train_speed.json", help="JSON to write")
     return p
 
