@@ -240,3 +240,15 @@ def test_the_internal_arm_meets_the_budget_at_its_own_keep_ratio(digits, tmp_pat
     with pytest.raises(ValueError, match="internal units alone cannot meet the budget"):
         comparison.compare(model, loaders, shape, [0.05], ["branches_internal"], protocol, results_dir=tmp_path,
                            progress=False)
+
+
+def test_the_projection_arm_prunes_to_the_same_widths_with_the_seeds_branch(digits, tmp_path):
+    loaders, shape = digits
+    model = models.vgg16(10, width=0.0625)
+    protocol = comparison.ComparisonConfig(epochs=2, recipe=Recipe(ramp_epochs=1))
+    rows = {r["method"]: r for r in comparison.compare(model, loaders, shape, [0.35], ["branches", "branches_projection"],
+                                                       protocol, results_dir=tmp_path, progress=False)}
+    assert rows["branches_projection"]["params"] == rows["branches"]["params"]
+    assert rows["branches_projection"]["keep_ratio"] == rows["branches"]["keep_ratio"]
+    assert all(r["fold_relative_max_difference"] <= 1e-5 for r in rows.values())
+    assert rows["branches_projection"]["val_loss"] != rows["branches"]["val_loss"]  # another model was trained

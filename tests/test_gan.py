@@ -137,3 +137,13 @@ def test_pruned_generator_folds_and_a_resume_with_another_loss_is_refused(tmp_pa
     assert result.metrics["params"] < count_parameters(generator) and result.metrics["test_psnr"] > 10
     with pytest.raises(ResumeMismatchError, match="loss_fn"):
         pu.prune_and_fold(generator, 0.5, loaders, **run, loss_fn=gan.AdversarialRegression(discriminator, 0.1))
+
+
+@pytest.mark.parametrize("changes, message", [({"keep_ratio": 1.5}, "keep ratio"),
+                                              ({"adversarial_weights": [-0.1]}, "adversarial weights"),
+                                              ({"epochs": 0}, "epochs")])
+def test_bad_pruning_settings_are_refused_before_the_gan_trains(changes, message):
+    settings = {"keep_ratio": 0.5, "recipe": gan.RECIPE.for_task("reconstruction"), "epochs": 4,
+                "adversarial_weights": [0.001], **changes}
+    with pytest.raises(ValueError, match=message):
+        gan.check_settings(**settings)

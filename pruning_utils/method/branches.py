@@ -234,20 +234,21 @@ class ProjectedLayer(nn.Module):
     def out_channels(self) -> int:
         return out_channels(self.projection)
 
+    def _matrix(self) -> torch.Tensor:
+        """P as a [k, C] matrix."""
+        return self.projection.weight.reshape(self.projection.weight.shape[0], -1)
+
     @property
     def weight(self) -> torch.Tensor:
         """The composed filters P·W, in the layer's weight layout."""
-        p = self.projection.weight.reshape(self.projection.weight.shape[0], -1)
-        w = self.layer.weight
         if isinstance(self.layer, nn.ConvTranspose2d):  # [C_in, C, kh, kw]
-            return torch.einsum("kc,ichw->ikhw", p, w)
-        return torch.einsum("kc,c...->k...", p, w)
+            return torch.einsum("kc,ichw->ikhw", self._matrix(), self.layer.weight)
+        return torch.einsum("kc,c...->k...", self._matrix(), self.layer.weight)
 
     @property
     def bias(self) -> torch.Tensor | None:
-        if self.layer.bias is None:
-            return None
-        return self.projection.weight.reshape(self.projection.weight.shape[0], -1) @ self.layer.bias
+        """P·b, or None where the layer has no bias."""
+        return None if self.layer.bias is None else self._matrix() @ self.layer.bias
 
     def project(self, y: torch.Tensor) -> torch.Tensor:
         """P applied to the layer's output ``y``."""

@@ -30,7 +30,7 @@ from ..engine.models import init_weights
 from ..engine.sizes import count_parameters
 from ..engine.tasks import get_task
 from ..engine.train import make_optimizer, make_scheduler, train_epoch
-from ..method.branches import LINEAR_TYPES, kept_channels, out_channels, prunable_units
+from ..method.branches import LINEAR_TYPES, out_channels, prunable_units
 from ..method.budget import pruned_and_folded
 from ..method.graph import branch_plan
 

@@ -24,6 +24,7 @@ from ..engine.gan import LatentLoader
 from ..engine.sizes import count_macs, count_parameters
 from ..engine.tasks import RECONSTRUCTION
 from ..harness.pretrained import dcgan_baseline, vgg_baseline
+from ..method.branches import check_keep_ratio
 from ..method.pipeline import PruningResult, prune_and_fold, stage_outputs
 from ..method.recipe import Recipe
 from .autoencoders import RECIPE as AUTOENCODER_RECIPE
@@ -172,6 +173,15 @@ def reference_distances(gan: GanSetup) -> dict[str, float]:
     train = gan.features(gan.images.x_train[:len(gan.images.x_test)].float().div(255))
     return {"original_fd_real": frechet_distance(gan.features(generate(gan.generator, gan.loaders[2])), test),
             "real_train_fd_real": frechet_distance(train, test)}
+
+
+def check_settings(*, keep_ratio, recipe: Recipe, epochs: int, adversarial_weights=()) -> None:
+    """Raise a ValueError on a setting of the generator's pruning that cannot run, before the GAN trains."""
+    check_keep_ratio(keep_ratio)
+    recipe.check(epochs, RECONSTRUCTION)
+    bad = [w for w in adversarial_weights if not (isinstance(w, (int, float)) and w > 0)]
+    if bad:
+        raise ValueError(f"adversarial weights must be positive numbers (leave the list empty for none), got {bad}")
 
 
 def prune_generator(gan: GanSetup, *, keep_ratio, recipe: Recipe = RECIPE, epochs: int, checkpoint_dir: str | Path,
