@@ -246,8 +246,9 @@ def test_the_projection_arm_prunes_to_the_same_widths_with_the_seeds_branch(digi
     loaders, shape = digits
     model = models.vgg16(10, width=0.0625)
     protocol = comparison.ComparisonConfig(epochs=2, recipe=Recipe(ramp_epochs=1))
-    rows = {r["method"]: r for r in comparison.compare(model, loaders, shape, [0.35], ["branches", "branches_projection"],
-                                                       protocol, results_dir=tmp_path, progress=False)}
+    methods = ["branches", "branches_projection"]
+    rows = {r["method"]: r for r in comparison.compare(model, loaders, shape, [0.35], methods, protocol,
+                                                       results_dir=tmp_path, progress=False)}
     assert rows["branches_projection"]["params"] == rows["branches"]["params"]
     assert rows["branches_projection"]["keep_ratio"] == rows["branches"]["keep_ratio"]
     assert all(r["fold_relative_max_difference"] <= 1e-5 for r in rows.values())

@@ -11,7 +11,8 @@ from ..engine.data import BatchLoader, ImageSplits, PhotoSplits
 from ..engine.distributed import world_size
 from ..engine.identity import fingerprint
 from ..engine.gan import LatentLoader, train_gan
-from ..engine.models import RGBAutoencoder, SkipAutoencoder, dcgan_discriminator, dcgan_generator, resnet_cifar, vgg16
+from ..engine.models import (RGBAutoencoder, SkipAutoencoder, dcgan_discriminator, dcgan_generator, resnet_cifar,
+                             vgg16)
 from ..engine.speed import PLAIN, Speed
 from ..engine.train import fit
 from ..method.pruning import recalibrate_batchnorm
@@ -107,7 +108,8 @@ def autoencoder_baseline(data: PhotoSplits, *, width: float, epochs: int, batch_
 
 def dcgan_baseline(data: ImageSplits, *, width: float, epochs: int, latent_dim: int = 100, batch_size: int = 64,
                    lr: float = 2e-4, seed: int = 0, device=None, progress: bool = True,
-                   checkpoint: str | Path | None = None, bn_batches: int = 50) -> tuple[nn.Module, nn.Module, list[dict], Path]:
+                   checkpoint: str | Path | None = None,
+                   bn_batches: int = 50) -> tuple[nn.Module, nn.Module, list[dict], Path]:
     """Train a DCGAN (:func:`~pruning_utils.engine.models.dcgan_generator` and ``dcgan_discriminator``) on the
     training images of ``data`` (labels unused, no augmentation), or load it when trained.
 

@@ -119,7 +119,8 @@ def stage_outputs(result: PruningResult, inputs: torch.Tensor, intermediate: int
             alpha = next(h["alpha"] for h in reversed(result.history) if h["stage"] == index)
             if 0 < alpha < 1:
                 stages.append((alpha, index))
-    keep = sorted({round(i * (len(stages) - 1) / max(intermediate - 1, 1)) for i in range(intermediate)}) if stages else []
+    spread = {round(i * (len(stages) - 1) / max(intermediate - 1, 1)) for i in range(intermediate)}
+    keep = sorted(spread) if stages else []
     rows = {}
     for i in keep:
         alpha, index = stages[i]

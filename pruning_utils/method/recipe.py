@@ -130,8 +130,8 @@ class Recipe:
     def validate(self, task: str | Task | None = None) -> None:
         """Raise ValueError, before any training, on a setting that cannot run (and, with ``task``, a loss that
         does not fit it)."""
-        choices = {"init": INITS, "branch_kind": BRANCH_KINDS, "schedule": KINDS, "lr_schedule": LR_SCHEDULES, "alpha_order": ALPHA_ORDERS,
-                   "optimizer": ("sgd", "adam")}
+        choices = {"init": INITS, "branch_kind": BRANCH_KINDS, "schedule": KINDS, "lr_schedule": LR_SCHEDULES,
+                   "alpha_order": ALPHA_ORDERS, "optimizer": ("sgd", "adam")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")

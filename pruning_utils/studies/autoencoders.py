@@ -86,8 +86,9 @@ def mean_ssim(model: nn.Module, loader) -> float:
 
 @torch.inference_mode()
 def reconstruction_rows(ae: AutoencoderSetup, result: PruningResult, intermediate: int = 3) -> dict[str, torch.Tensor]:
-    """Rows for a reconstruction figure: originals, the baseline, then :func:`~pruning_utils.method.pipeline.stage_outputs`
-    (up to ``intermediate`` stages with 0 < alpha < 1, the pruned model at alpha 0, the folded network)."""
+    """Rows for a reconstruction figure: originals, the baseline, then
+    :func:`~pruning_utils.method.pipeline.stage_outputs` (up to ``intermediate`` stages with 0 < alpha < 1, the
+    pruned model at alpha 0, the folded network)."""
     device = next(ae.baseline.parameters()).device
     images = ae.sample_images.to(device)
     return {"original": ae.sample_images, "baseline": ae.baseline.eval()(images).cpu(),
