@@ -253,3 +253,33 @@ def test_the_projection_arm_prunes_to_the_same_widths_with_the_seeds_branch(digi
     assert rows["branches_projection"]["keep_ratio"] == rows["branches"]["keep_ratio"]
     assert all(r["fold_relative_max_difference"] <= 1e-5 for r in rows.values())
     assert rows["branches_projection"]["val_loss"] != rows["branches"]["val_loss"]  # another model was trained
+
+
+def test_global_widths_meet_the_budget_and_follow_the_filters_not_the_layer_scale():
+    model = models.vgg16(10, width=0.125)
+    total = sizes.count_parameters(model)
+    ratios = budget.global_keep_ratios(model, 0.35)
+    assert sizes.count_parameters(budget.pruned_and_folded(model, ratios)) <= 0.35 * total
+    with torch.no_grad():
+        model.features[7].weight.mul_(10.0)  # one layer's scale: the scores are relative to its mean
+        assert budget.global_keep_ratios(model, 0.35) == ratios
+        model.features[10].weight[1:].mul_(1e-3)  # one filter dominates this unit: it keeps few channels
+    assert budget.global_keep_ratios(model, 0.35, min_ratio=0.0)["features.10"] * 16 == 1 < ratios["features.10"] * 16
+    assert budget.global_keep_ratios(model, 0.35)["features.10"] * 16 == 2  # at least a tenth: ceil(1.6)
+    with pytest.raises(ValueError, match="one channel per unit"):
+        budget.global_keep_ratios(model, 1e-5)
+
+
+def test_the_global_arms_share_their_widths_and_meet_the_budget(digits, tmp_path):
+    loaders, shape = digits
+    model = models.resnet_cifar(20, width=0.25)
+    protocol = comparison.ComparisonConfig(epochs=2, recipe=Recipe(ramp_epochs=1))
+    methods = ["branches", "branches_global", "torch_pruning_l1_global"]
+    rows = {r["method"]: r for r in comparison.compare(model, loaders, shape, [0.35], methods, protocol,
+                                                       results_dir=tmp_path, progress=False)}
+    assert rows["branches_global"]["widths"] == rows["torch_pruning_l1_global"]["widths"]
+    assert rows["branches_global"]["params"] == rows["torch_pruning_l1_global"]["params"] <= rows["branches"]["params"]
+    assert rows["branches_global"]["fold_relative_max_difference"] <= 1e-5
+    widths = comparison.unit_widths(model, list(rows.values()))
+    assert {w["method"] for w in widths} == {"uniform", "branches_global", "torch_pruning_l1_global"}
+    assert all(1 <= w["kept"] <= w["channels"] for w in widths)

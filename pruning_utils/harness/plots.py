@@ -114,6 +114,29 @@ def plot_comparison(rows: list[dict], baseline: float | None = None, title: str 
     return fig
 
 
+def plot_unit_widths(rows: list[dict], title: str = "", path=None):
+    """The share of channels each unit keeps, per method, one panel per budget (rows as
+    :func:`pruning_utils.studies.comparison.unit_widths` returns them)."""
+    fractions = list(dict.fromkeys(r["fraction"] for r in rows))
+    fig, axes = plt.subplots(len(fractions), 1, figsize=(12, 3.2 * len(fractions)), squeeze=False)
+    for ax, fraction in zip(axes[:, 0], fractions):
+        own = [r for r in rows if r["fraction"] == fraction]
+        units, methods = list(dict.fromkeys(r["unit"] for r in own)), list(dict.fromkeys(r["method"] for r in own))
+        width = 0.8 / len(methods)
+        for i, method in enumerate(methods):
+            kept = {r["unit"]: r["kept"] / r["channels"] for r in own if r["method"] == method}
+            ax.bar([u + (i - (len(methods) - 1) / 2) * width for u in range(len(units))],
+                   [kept[unit] for unit in units], width, color=f"C{i}", label=method)
+        ax.set_xticks(range(len(units)), units, rotation=45, ha="right", fontsize=7)
+        ax.set(ylabel="channels kept (share)", ylim=(0, 1.05), title=f"{fraction:g} of the parameters")
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    save(fig, path)
+    return fig
+
+
 def plot_ablations(summary: list[dict], rows: list[dict], baseline: float | None = None, title: str = "",
                    path=None, curves=("reference", "seeds_recipe", "combined")):
     """Left: validation accuracy of each arm (bar: mean over seeds; dots: the seeds; cross: with BatchNorm

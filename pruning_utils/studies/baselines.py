@@ -123,11 +123,12 @@ def _last_layer(model: nn.Module) -> nn.Module:
     return [m for m in model.modules() if isinstance(m, LINEAR_TYPES)][-1]
 
 
-def torch_pruning_l1(model: nn.Module, keep_ratio: float, input_shape: tuple[int, ...]) -> nn.Module:
+def torch_pruning_l1(model: nn.Module, keep_ratio, input_shape: tuple[int, ...]) -> nn.Module:
     """A copy of ``model`` filter-pruned by Torch-Pruning's ``MagnitudePruner`` with L1 importance.
 
     Every layer the parallel branches prune (:func:`~pruning_utils.branch_plan`: learned E and shared selections)
-    keeps ``max(1, floor(keep_ratio * C))`` channels, as :func:`attach_branches` does, so the result has exactly the
+    keeps ``max(1, floor(keep_ratio * C))`` channels (``keep_ratio``: one ratio, or one per unit as
+    :func:`attach_branches` takes them), as :func:`attach_branches` does, so the result has exactly the
     widths (and parameters) of the folded parallel-branch network; Torch-Pruning prunes the channels a residual
     addition couples as one group, ranked by its group importance. The layers the branches leave alone are ignored.
     """

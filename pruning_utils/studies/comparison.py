@@ -10,7 +10,10 @@ left. The methods (:data:`METHODS`):
   of each block), at a keep ratio that meets the same parameter budget;
 * ``branches_projection``: ``branches`` with the seeds' form of the branch (``branch_kind="projection"``: a 1x1
   projection of the unit's own, shared layer), the same widths;
+* ``branches_global``: ``branches`` with widths per unit from one global L1 criterion
+  (:func:`~pruning_utils.method.budget.global_keep_ratios`) for the same parameter budget;
 * ``torch_pruning_l1``: Torch-Pruning's L1 filter pruning to the same widths, then fine-tuning;
+  ``torch_pruning_l1_global`` the same to the widths of ``branches_global``;
 * ``magnitude_finetune`` / ``magnitude_rewind``: iterative global magnitude pruning (unstructured) to the
   same number of non-zero parameters, retrained by fine-tuning or learning-rate rewinding;
 * ``autopruner``: AutoPruner's search, then removal of the unselected channels and fine-tuning;
@@ -34,14 +37,16 @@ from ..engine.identity import fingerprint, loader_fingerprint
 from ..engine.sizes import count_macs, count_parameters
 from ..engine.tasks import CLASSIFICATION
 from ..engine.train import check_resume, evaluate, fit
-from ..method.budget import keep_ratio_for_fraction, pruned_and_folded
+from ..method.budget import global_keep_ratios, keep_ratio_for_fraction, pruned_and_folded
+from ..method.graph import branch_plan
 from ..method.pipeline import prune_and_fold
 from ..method.recipe import Recipe
 from . import baselines
 
-METHODS = ("branches", "branches_internal", "branches_projection", "torch_pruning_l1", "magnitude_finetune",
-           "magnitude_rewind", "autopruner", "autopruner_scratch", "scratch")
-STRUCTURED = ("torch_pruning_l1", "autopruner")  # structured pruning from the baseline, the same epochs as branches
+METHODS = ("branches", "branches_internal", "branches_projection", "branches_global", "torch_pruning_l1",
+           "torch_pruning_l1_global", "magnitude_finetune", "magnitude_rewind", "autopruner", "autopruner_scratch",
+           "scratch")
+STRUCTURED = ("torch_pruning_l1", "torch_pruning_l1_global", "autopruner")  # structured, from the baseline
 
 
 @dataclass
@@ -147,11 +152,29 @@ def _branches_projection(arm: Arm):
                                 branch_kind="projection")
 
 
-def _torch_pruning(arm: Arm):
-    model = baselines.torch_pruning_l1(arm.baseline, arm.keep_ratio, arm.input_shape)
-    epochs = _fine_tune(model, arm, epochs=arm.config.epochs, lr=arm.config.lr,
-                        checkpoint=arm.checkpoint("torch_pruning_l1.pt"))
-    return model, epochs, {}
+def _global_ratios(arm: Arm) -> dict[str, float]:
+    return global_keep_ratios(arm.baseline, arm.target_params / count_parameters(arm.baseline))
+
+
+def _widths(arm: Arm, ratios: dict[str, float]) -> dict[str, int]:
+    """The kept channels per unit of per-unit ``ratios``, as the branch plan gives them."""
+    return {e["name"]: e["kept"] for e in branch_plan(arm.baseline, ratios) if e["kind"] != "left alone"}
+
+
+def _branches_global(arm: Arm):
+    ratios = _global_ratios(arm)
+    model, epochs, extra = _prune_with_branches(arm, ratios, shared_selection=True, name="branches_global")
+    return model, epochs, {**extra, "widths": _widths(arm, ratios)}
+
+
+def _torch_pruning(arm: Arm, ratios=None, name: str = "torch_pruning_l1"):
+    model = baselines.torch_pruning_l1(arm.baseline, arm.keep_ratio if ratios is None else ratios, arm.input_shape)
+    epochs = _fine_tune(model, arm, epochs=arm.config.epochs, lr=arm.config.lr, checkpoint=arm.checkpoint(f"{name}.pt"))
+    return model, epochs, {} if ratios is None else {"widths": _widths(arm, ratios)}
+
+
+def _torch_pruning_global(arm: Arm):
+    return _torch_pruning(arm, _global_ratios(arm), name="torch_pruning_l1_global")
 
 
 def _magnitude(retraining: str):
@@ -195,7 +218,8 @@ def _from_scratch(method: str):
 
 
 ARMS = {"branches": _branches, "branches_internal": _branches_internal, "branches_projection": _branches_projection,
-        "torch_pruning_l1": _torch_pruning, "magnitude_finetune": _magnitude("finetune"),
+        "branches_global": _branches_global, "torch_pruning_l1": _torch_pruning,
+        "torch_pruning_l1_global": _torch_pruning_global, "magnitude_finetune": _magnitude("finetune"),
         "magnitude_rewind": _magnitude("rewind"), "autopruner": _autopruner,
         "autopruner_scratch": _from_scratch("autopruner_scratch"), "scratch": _from_scratch("scratch")}
 
@@ -318,6 +342,21 @@ def zeros_speed(baseline: nn.Module, fractions, input_shape, batch_sizes=(1, 32)
                              "macs": count_macs(model, input_shape), "s_per_image": seconds,
                              "baseline_s_per_image": reference[batch], "speedup": reference[batch] / seconds})
     return rows
+
+
+def unit_widths(baseline: nn.Module, rows: list[dict]) -> list[dict]:
+    """Channels kept per unit by every arm of ``rows`` that allocated its own widths, beside the uniform widths of
+    the same budget (``uniform``): one row per (fraction, method, unit) with ``kept`` and ``channels``."""
+    channels = {e["name"]: e["channels"] for e in branch_plan(baseline, 1.0) if e["kind"] != "left alone"}
+    table = []
+    for fraction in dict.fromkeys(r["fraction"] for r in rows if "widths" in r):
+        uniform = {e["name"]: e["kept"] for e in branch_plan(baseline, keep_ratio_for_fraction(baseline, fraction))
+                   if e["name"] in channels}
+        found = {"uniform": uniform, **{r["method"]: r["widths"] for r in rows
+                                        if r["fraction"] == fraction and "widths" in r}}
+        table += [{"fraction": fraction, "method": method, "unit": unit, "kept": widths.get(unit, channels[unit]),
+                   "channels": channels[unit]} for method, widths in found.items() for unit in channels]
+    return table
 
 
 def gaps(rows: list[dict], method: str = "branches", among=None) -> list[dict]:
