@@ -22,6 +22,15 @@ def save(fig, path: str | Path | None) -> Path | None:
     return path
 
 
+def finish(fig, title: str, path):
+    """Title, tight layout and save (see :func:`save`); return the figure."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    save(fig, path)
+    return fig
+
+
 def plot_training_curves(history: list[dict], metric: str, title: str = "", path=None):
     """Train and validation loss, and the validation metric, per epoch."""
     epochs = [h["epoch"] for h in history]
@@ -80,11 +89,7 @@ def plot_reconstructions(rows: dict[str, torch.Tensor], path=None, title: str = 
             ax.set_yticks([])
             if c == 0:
                 ax.set_ylabel(label_of(label), fontsize=9)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    save(fig, path)
-    return fig
+    return finish(fig, title, path)
 
 
 def plot_comparison(rows: list[dict], baseline: float | None = None, title: str = "", path=None):
@@ -107,11 +112,7 @@ def plot_comparison(rows: list[dict], baseline: float | None = None, title: str 
             ax.axhline(baseline, color="k", ls="--", lw=1, label="baseline" if ax is axes[0] else None)
     axes[0].set_ylabel("validation accuracy (%)")
     axes[0].legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    save(fig, path)
-    return fig
+    return finish(fig, title, path)
 
 
 def plot_unit_widths(rows: list[dict], title: str = "", path=None):
@@ -130,11 +131,7 @@ def plot_unit_widths(rows: list[dict], title: str = "", path=None):
         ax.set_xticks(range(len(units)), units, rotation=45, ha="right", fontsize=7)
         ax.set(ylabel="channels kept (share)", ylim=(0, 1.05), title=f"{fraction:g} of the parameters")
         ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    save(fig, path)
-    return fig
+    return finish(fig, title, path)
 
 
 def plot_ablations(summary: list[dict], rows: list[dict], baseline: float | None = None, title: str = "",
@@ -166,8 +163,4 @@ def plot_ablations(summary: list[dict], rows: list[dict], baseline: float | None
         ax_curve.axhline(baseline, color="k", ls="--", lw=1, label="baseline")
     ax_curve.set(xlabel="epoch after the baseline", ylabel="validation accuracy (%)", title="first seed")
     ax_curve.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    save(fig, path)
-    return fig
+    return finish(fig, title, path)
