@@ -9,6 +9,7 @@ downloaded here, so this is not FID and its values do not compare with published
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,8 +114,15 @@ class GanSetup:
     def input_shape(self) -> tuple[int, int, int]:
         return (self.latent_dim, 1, 1)
 
-    def real_test_images(self) -> torch.Tensor:
-        return self.images.x_test.float().div(255)
+    @functools.cached_property
+    def real_test_features(self) -> np.ndarray:
+        """The feature network's features of the real test images (computed once)."""
+        return self.features(self.images.x_test.float().div(255))
+
+    @functools.cached_property
+    def original_test_features(self) -> np.ndarray:
+        """The feature network's features of the original generator's images for the test codes (computed once)."""
+        return self.features(generate(self.generator, self.loaders[2]))
 
     def sizes(self) -> dict:
         """Parameters and MACs per image of both networks."""
@@ -161,18 +169,16 @@ def distances(gan: GanSetup, generator: nn.Module) -> dict[str, float]:
     """Fréchet distances in the feature network's space of ``generator``'s images for the test codes: to the real
     test images (``fd_real``) and to the original generator's images for the same codes (``fd_original``)."""
     generated = gan.features(generate(generator, gan.loaders[2]))
-    original = gan.features(generate(gan.generator, gan.loaders[2]))
-    return {"fd_real": frechet_distance(generated, gan.features(gan.real_test_images())),
-            "fd_original": frechet_distance(generated, original)}
+    return {"fd_real": frechet_distance(generated, gan.real_test_features),
+            "fd_original": frechet_distance(generated, gan.original_test_features)}
 
 
 def reference_distances(gan: GanSetup) -> dict[str, float]:
     """The scale of :func:`distances`: the original generator against the real test images, and the floor, as many
     real training images against the real test images."""
-    test = gan.features(gan.real_test_images())
     train = gan.features(gan.images.x_train[:len(gan.images.x_test)].float().div(255))
-    return {"original_fd_real": frechet_distance(gan.features(generate(gan.generator, gan.loaders[2])), test),
-            "real_train_fd_real": frechet_distance(train, test)}
+    return {"original_fd_real": frechet_distance(gan.original_test_features, gan.real_test_features),
+            "real_train_fd_real": frechet_distance(train, gan.real_test_features)}
 
 
 def check_settings(*, keep_ratio, recipe: Recipe, epochs: int, adversarial_weights=()) -> None:
