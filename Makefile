@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TINY_RUNS := runs/tiny
 
 .PHONY: setup notebooks test test-unit lab clean-runs
 
@@ -20,9 +21,12 @@ $(STAMP): pyproject.toml
 notebooks: setup
 	$(PY) -m pruning_utils.notebooks --profile quick
 
-## unit tests, every notebook under papermill with tiny parameters, nbval over the committed notebooks
+## unit tests and every notebook under papermill with tiny parameters (executed copies in runs/tiny/), then nbval
+## over those copies: each runs again top to bottom in a fresh kernel, its checked outputs compared
 test: setup
+	rm -rf $(TINY_RUNS)
 	$(PY) -m pytest
+	TQDM_DISABLE=1 $(PY) -m pytest --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg $(TINY_RUNS)
 
 ## the unit tests alone (no notebook runs; minutes): the tier pytest -m "not notebooks" selects
 test-unit: setup

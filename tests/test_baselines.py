@@ -283,3 +283,44 @@ def test_the_global_arms_share_their_widths_and_meet_the_budget(digits, tmp_path
     widths = comparison.unit_widths(model, list(rows.values()))
     assert {w["method"] for w in widths} == {"uniform", "branches_global", "torch_pruning_l1_global"}
     assert all(1 <= w["kept"] <= w["channels"] for w in widths)
+
+
+def test_compare_seeds_chooses_each_learning_rate_on_the_first_seed(tmp_path, monkeypatch):
+    images = data.load_classification("embedded", seed=0)
+    shape, model = tuple(images.x_train.shape[1:]), small_vgg()
+    protocol = comparison.ComparisonConfig(epochs=2, scratch_epochs=1, recipe=Recipe(ramp_epochs=1))
+    ran = []
+
+    def fake_arm(method, baseline, keep_ratio, loaders, input_shape, config, *, seed=0, **kwargs):
+        ran.append((method, config.lr, seed))
+        score = {0.003: 50.0, 0.01: 60.0, 0.03: 40.0}[config.lr] if method == "branches" else 70.0 - 100 * config.lr
+        score += seed + (5.0 if method == "scratch" else 0.0)
+        return None, {"method": method, "keep_ratio": keep_ratio, "target_params": 100, "params": 100, "macs": 10,
+                      "epochs": 1, "train_seconds": 1.0, "val_acc": score, "test_acc": score - 1, "val_loss": 0.0,
+                      "test_loss": 0.0}
+
+    monkeypatch.setattr(comparison, "run_arm", fake_arm)
+    rows = comparison.compare_seeds(model, lambda seed: images.loaders(64, seed=seed), shape, [0.35],
+                                    ["branches", "torch_pruning_l1", "scratch"], protocol, seeds=[0, 1, 2],
+                                    lrs=[0.003, 0.01, 0.03], results_dir=tmp_path, progress=False)
+    assert sorted(ran) == sorted([(m, lr, 0) for m in ("branches", "torch_pruning_l1") for lr in (0.003, 0.01, 0.03)]
+                                 + [("scratch", 0.01, s) for s in (0, 1, 2)]  # run in the folder of config.lr
+                                 + [("branches", 0.01, s) for s in (1, 2)] + [("torch_pruning_l1", 0.003, s)
+                                                                              for s in (1, 2)])
+    arms = {a["method"]: a for a in comparison.seed_summary(rows)}
+    assert arms["branches"]["lr"] == 0.01 and arms["torch_pruning_l1"]["lr"] == 0.003
+    assert arms["branches"]["seeds"] == 3 and arms["branches"]["test_acc"] == pytest.approx(60.0)
+    assert arms["branches"]["test_std"] == pytest.approx(1.0) and arms["branches"]["lr_val"][0.03] == 40.0
+    paired = {p["other"]: p for p in comparison.paired_differences(rows, "branches")}
+    assert paired["scratch"]["test_diff"] == pytest.approx(60.0 - 74.0) and paired["scratch"]["test_diff_std"] == 0
+    assert paired["torch_pruning_l1"]["seeds"] == 3
+    assert (tmp_path / "seed1_lr0.003" / "0.35_torch_pruning_l1.json").is_file()
+    ran.clear()  # every arm resumes from its file
+    again = comparison.compare_seeds(model, lambda seed: images.loaders(64, seed=seed), shape, [0.35],
+                                     ["branches", "torch_pruning_l1", "scratch"], protocol, seeds=[0, 1, 2],
+                                     lrs=[0.003, 0.01, 0.03], results_dir=tmp_path, progress=False)
+    assert ran == [] and again == rows
+    with pytest.raises(ValueError, match="distinct"):
+        comparison.compare_seeds(model, None, shape, [0.35], ["scratch"], seeds=[1, 1], results_dir=tmp_path)
+    with pytest.raises(ValueError, match="learning rates"):
+        comparison.compare_seeds(model, None, shape, [0.35], ["scratch"], lrs=[-0.1], results_dir=tmp_path)

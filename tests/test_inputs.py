@@ -196,3 +196,13 @@ def test_papermill_run_with_an_unknown_parameter_fails_at_once(tmp_path):
                                    kernel_name="python3", cwd=str(notebook.parent), progress_bar=False)
     assert "NOT_A_PARAM = 3" in str(err.value) and "WIDTH = 'abc'" in str(err.value)
     assert not list(tmp_path.glob("*.json"))  # no work done
+
+
+def test_autoencoder_orders_and_their_epochs_are_checked_before_any_work():
+    from pruning_utils.studies import autoencoders
+
+    autoencoders.check_orders(["decoder", "encoder_then_decoder", "both"], 4)
+    with pytest.raises(ValueError, match="unknown orders"):
+        autoencoders.check_orders(["decoder_first"], 4)
+    with pytest.raises(ValueError, match="split evenly"):
+        autoencoders.check_orders(["encoder_then_decoder"], 3)

@@ -1,11 +1,16 @@
-"""Every numbered notebook runs headless under papermill with tiny parameters; assert on its metrics JSON."""
+"""Every numbered notebook runs headless under papermill with tiny parameters; assert on its metrics JSON.
+
+The executed copies stay in ``runs/tiny/`` for nbval (``make test`` runs it over them after this suite)."""
 import json
 import math
 
 import nbformat
 import pytest
 
+from pruning_utils.config import RUNS_DIR
 from pruning_utils.harness import notebooks
+
+TINY_RUNS = RUNS_DIR / "tiny"  # executed copies, figures and metrics of the tiny runs
 
 TINY = {
     "01_baseline_training.ipynb": {"VGG_WIDTH": 0.0625, "VGG_EPOCHS": 1, "AE_WIDTH": 0.125, "AE_EPOCHS": 1,
@@ -14,14 +19,15 @@ TINY = {
                                "RECIPE": {"ramp_epochs": 1}, "RESUME": False},
     "03_encoder_pruning.ipynb": {"AE_WIDTH": 0.0625, "AE_EPOCHS": 1, "CROPS_PER_PHOTO": 2, "PRUNE_EPOCHS": 2,
                                  "RECIPE": {"ramp_epochs": 1}, "RESUME": False, "INTERACTIVE": False},
-    "04_decoder_pruning.ipynb": {"AE_WIDTH": 0.0625, "AE_EPOCHS": 1, "CROPS_PER_PHOTO": 2, "PRUNE_EPOCHS": 2,
+    "04_decoder_pruning.ipynb": {"AE_WIDTH": 0.0625, "AE_EPOCHS": 1, "CROPS_PER_PHOTO": 2, "PRUNE_EPOCHS": 4,
                                  "RECIPE": {"ramp_epochs": 1}, "RESUME": False},
     "06_benchmarking.ipynb": {"WIDTH": 0.0625, "BATCH_SIZES": [1, 2], "MIN_RUN_TIME": 0.01, "THREADS": 1},
     "05_weight_folding.ipynb": {"SIZE_VGG_WIDTH": 0.25, "SIZE_AE_WIDTH": 0.25, "VGG_WIDTH": 0.0625, "AE_WIDTH": 0.0625,
                                 "PRUNE_EPOCHS": 1},
     "07_comparison.ipynb": {"VGG_WIDTH": 0.0625, "BASELINE_EPOCHS": 1, "EPOCHS": 2,
                             "BRANCH_RECIPE": {"ramp_epochs": 1}, "FRACTIONS": [0.35], "SPEED_BATCH_SIZES": [1],
-                            "SPEED_MIN_RUN_TIME": 0.01, "RESUME": False},
+                            "METHODS": ["branches", "torch_pruning_l1", "autopruner", "autopruner_scratch", "scratch"],
+                            "SEEDS": [0, 1], "SPEED_MIN_RUN_TIME": 0.01, "RESUME": False},
     "08_method_ablations.ipynb": {"VGG_WIDTH": 0.0625, "BASELINE_EPOCHS": 1, "EPOCHS": 3, "TRAIN_SIZE": 256,
                                   "ARMS": ["reference", "ce_kd", "deep_first", "torch_pruning_l1"], "SEEDS": [0, 1],
                                   "MIN_GAIN": -100.0, "RESUME": False},
@@ -66,7 +72,8 @@ def check_04(metrics, parameters):
     orders = metrics["orders"]
     assert set(orders) == {"decoder", "encoder_then_decoder", "both"}
     assert orders["encoder_then_decoder"]["params"] == orders["both"]["params"] < orders["decoder"]["params"]
-    assert orders["encoder_then_decoder"]["epochs"] == 2 * orders["both"]["epochs"]
+    assert orders["encoder_then_decoder"]["epochs"] == orders["both"]["epochs"] == parameters["PRUNE_EPOCHS"]
+    assert [p["epochs"] for p in orders["encoder_then_decoder"]["phases"].values()] == [2, 2]
     assert all(o["fold_relative_max_difference"] <= 1e-5 for o in orders.values())
 
 
@@ -86,8 +93,13 @@ def check_06(metrics, parameters):
 
 
 def check_07(metrics, parameters):
-    rows = metrics["rows"]
-    assert [r["method"] for r in rows] == parameters["METHODS"]
+    rows, arms = metrics["rows"], {a["method"]: a for a in metrics["arms"]}
+    assert sorted(r["method"] for r in rows) == sorted(parameters["METHODS"] * 2)
+    assert list(arms) == parameters["METHODS"] and all(a["seeds"] == 2 and a["test_std"] >= 0 for a in arms.values())
+    assert {(r["seed"], r["lr"]) for r in rows if r["method"] != "scratch"} == {(0, 0.01), (1, 0.01)}
+    assert all(r["chosen"] for r in rows) and {r["lr"] for r in rows if r["method"] == "scratch"} == {0.05}
+    paired = {p["other"]: p for p in metrics["paired"]}
+    assert set(paired) == set(parameters["METHODS"]) - {"branches"} and all(p["seeds"] == 2 for p in paired.values())
     assert all(abs(r["param_fraction"] - 0.35) < 0.02 and r["epochs"] == 2 for r in rows if "scratch" not in r["method"])
     assert {r["epochs"] for r in rows if "scratch" in r["method"]} == {3}  # baseline epochs + EPOCHS
     assert {g["best_other"] for g in metrics["gaps"]["structured"]} <= {"torch_pruning_l1", "autopruner"}
@@ -153,14 +165,16 @@ CHECKS = {"01_baseline_training.ipynb": check_01, "02_vgg16_pruning.ipynb": chec
 
 
 @pytest.mark.parametrize("notebook", notebooks.numbered_notebooks(), ids=lambda p: p.name)
-def test_notebook_runs_with_tiny_parameters(notebook, tmp_path):
+def test_notebook_runs_with_tiny_parameters(notebook):
     assert notebook.name in TINY, f"add tiny parameters and a check for {notebook.name} to this test"
-    parameters = {**TINY[notebook.name], "OUTPUT_DIR": str(tmp_path), "RUN_NAME": "tiny", "PROGRESS": False}
-    notebooks.run_notebook(notebook, tmp_path / notebook.name, parameters)
-    record = json.loads((tmp_path / "tiny.json").read_text())
+    out = TINY_RUNS / notebook.stem
+    parameters = {**TINY[notebook.name], "OUTPUT_DIR": str(out), "RUN_NAME": "tiny", "PROGRESS": False}
+    (out / "tiny.json").unlink(missing_ok=True)
+    notebooks.run_notebook(notebook, TINY_RUNS / notebook.name, parameters)
+    record = json.loads((out / "tiny.json").read_text())
     assert record["parameters"]["PROFILE"] == "quick" and "papermill" in record["command"]
     CHECKS[notebook.name](record["metrics"], record["parameters"])
-    assert list(tmp_path.glob("tiny*.png")), "the notebook wrote no figure"
+    assert list(out.glob("tiny*.png")), "the notebook wrote no figure"
 
 
 @pytest.mark.parametrize("notebook", notebooks.numbered_notebooks(), ids=lambda p: p.name)

@@ -1,6 +1,7 @@
 """The autoencoder experiments of notebooks 03, 04 and 10: shared set-up, pruning of a part, SSIM, reconstructions."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from ..method.recipe import Recipe
 
 INPUT_SHAPE = (3, 128, 128)
 PARTS = ("encoder", "decoder", "both")
+ORDERS = {"decoder": ("decoder",), "encoder_then_decoder": ("encoder", "decoder"), "both": ("both",)}  # their phases
 # The autoencoder's recipe: the best one (pruning_utils.Recipe) with the optimiser its baseline trains with (Adam at
 # 1e-3, no weight decay) and the reconstruction loss (the task's own).
 RECIPE = Recipe(optimizer="adam", lr=1e-3, weight_decay=0.0)
@@ -68,6 +70,43 @@ def prune_part(ae: AutoencoderSetup, part: str, *, keep_ratio: float, recipe: Re
                           epochs=epochs, task=RECONSTRUCTION, input_shape=INPUT_SHAPE,
                           include=None if part == "both" else [part], checkpoint_dir=Path(checkpoint_dir) / part,
                           resume=resume, progress=ae.progress)
+
+
+def check_orders(orders, epochs: int) -> None:
+    """A ValueError naming what does not fit: an order not in :data:`ORDERS`, or ``epochs`` that do not split
+    evenly over an order's phases."""
+    unknown = sorted(set(orders) - set(ORDERS))
+    if unknown:
+        raise ValueError(f"unknown orders {unknown}; choose from {list(ORDERS)}")
+    uneven = [o for o in orders if epochs % len(ORDERS[o])]
+    if uneven:
+        raise ValueError(f"{epochs} epochs do not split evenly over the phases of {uneven}: choose an even number")
+
+
+def prune_order(ae: AutoencoderSetup, order: str, *, keep_ratio: float, recipe: Recipe = RECIPE, epochs: int,
+                checkpoint_dir: str | Path, resume: bool = True) -> PruningResult:
+    """Prune the baseline in one of the :data:`ORDERS` with ``epochs`` in all, split evenly over its phases (each
+    phase folds before the next starts); the result's metrics and history cover every phase (the history's
+    ``stage`` numbers of phase p start at 100·p), ``phases`` holds each phase's metrics."""
+    check_orders([order], epochs)
+    phases = ORDERS[order]
+    model, results = ae.baseline, []
+    for part in phases:
+        results.append(prune_part(ae, part, keep_ratio=keep_ratio, recipe=recipe, epochs=epochs // len(phases),
+                                  checkpoint_dir=Path(checkpoint_dir) / order if len(phases) > 1 else checkpoint_dir,
+                                  resume=resume, model=model))
+        model = results[-1].folded
+    if len(results) == 1:
+        return results[0]
+    history, done = [], 0
+    for p, result in enumerate(results):
+        history += [dict(h, epoch=h["epoch"] + done, stage=h["stage"] + 100 * p) for h in result.history]
+        done += len(result.history)
+    last = results[-1]
+    metrics = dict(last.metrics, epochs=sum(r.metrics["epochs"] for r in results),
+                   train_seconds=sum(r.metrics["train_seconds"] for r in results),
+                   phases={part: r.metrics for part, r in zip(phases, results)})
+    return dataclasses.replace(last, metrics=metrics, history=history)
 
 
 @torch.inference_mode()

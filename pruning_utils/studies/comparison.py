@@ -17,21 +17,27 @@ left. The methods (:data:`METHODS`):
 * ``magnitude_finetune`` / ``magnitude_rewind``: iterative global magnitude pruning (unstructured) to the
   same number of non-zero parameters, retrained by fine-tuning or learning-rate rewinding;
 * ``autopruner``: AutoPruner's search, then removal of the unselected channels and fine-tuning;
-* ``autopruner_scratch`` and ``scratch``: AutoPruner's architecture and the uniformly narrow one,
-  trained from scratch for the baseline's epochs plus the pruning epochs (the same total budget).
+* ``autopruner_scratch``, ``scratch`` and ``global_scratch``: AutoPruner's architecture, the uniformly narrow one
+  and the widths of ``branches_global``, trained from scratch for the baseline's epochs plus the pruning epochs (the
+  same total budget; Liu et al., "Rethinking the value of network pruning").
+
+:func:`compare_seeds` runs them with several seeds and chooses each method's learning rate on validation;
+:func:`seed_summary` and :func:`paired_differences` give means, standard deviations and paired differences.
 """
 from __future__ import annotations
 
 import copy
 import json
 import shutil
+import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..config import seed_everything
 from ..engine.checkpoints import atomic_write
 from ..engine.identity import fingerprint, loader_fingerprint
 from ..engine.sizes import count_macs, count_parameters
@@ -45,8 +51,9 @@ from . import baselines
 
 METHODS = ("branches", "branches_internal", "branches_projection", "branches_global", "torch_pruning_l1",
            "torch_pruning_l1_global", "magnitude_finetune", "magnitude_rewind", "autopruner", "autopruner_scratch",
-           "scratch")
+           "scratch", "global_scratch")
 STRUCTURED = ("torch_pruning_l1", "torch_pruning_l1_global", "autopruner")  # structured, from the baseline
+FROM_SCRATCH = ("scratch", "global_scratch")  # trained at ``scratch_lr``: no pruning learning rate to choose
 
 
 @dataclass
@@ -205,6 +212,8 @@ def _from_scratch(method: str):
     def run(arm: Arm):
         if method == "scratch":
             shape = baselines.torch_pruning_l1(arm.baseline, arm.keep_ratio, arm.input_shape)
+        elif method == "global_scratch":
+            shape = baselines.torch_pruning_l1(arm.baseline, _global_ratios(arm), arm.input_shape)
         elif not arm.found or "widths" not in arm.found:
             raise ValueError("autopruner_scratch needs the widths of the autopruner arm at the same budget")
         else:
@@ -221,7 +230,8 @@ ARMS = {"branches": _branches, "branches_internal": _branches_internal, "branche
         "branches_global": _branches_global, "torch_pruning_l1": _torch_pruning,
         "torch_pruning_l1_global": _torch_pruning_global, "magnitude_finetune": _magnitude("finetune"),
         "magnitude_rewind": _magnitude("rewind"), "autopruner": _autopruner,
-        "autopruner_scratch": _from_scratch("autopruner_scratch"), "scratch": _from_scratch("scratch")}
+        "autopruner_scratch": _from_scratch("autopruner_scratch"), "scratch": _from_scratch("scratch"),
+        "global_scratch": _from_scratch("global_scratch")}
 
 
 def run_arm(method: str, baseline: nn.Module, keep_ratio: float, loaders, input_shape, config: ComparisonConfig, *,
@@ -283,7 +293,7 @@ def compare(baseline: nn.Module, loaders, input_shape, fractions, methods=METHOD
             else:
                 if not resume:  # start the arm afresh: forget its epoch and stage checkpoints
                     forget(checkpoints / method, checkpoints / f"{method}.pt")
-                torch.manual_seed(seed)
+                seed_everything(seed)
                 _, metrics = run_arm(method, copy.deepcopy(baseline), keep_ratio, loaders, input_shape, config,
                                      found=found, seed=seed, progress=progress, checkpoint_dir=checkpoints)
                 text = json.dumps({"fraction": fraction, "param_fraction": metrics["params"] / total, **metrics,
@@ -293,6 +303,114 @@ def compare(baseline: nn.Module, loaders, input_shape, fractions, methods=METHOD
             found = row if method == "autopruner" else found
             rows.append(row)
     return rows
+
+
+def compare_seeds(baseline: nn.Module, make_loaders, input_shape, fractions, methods=METHODS,
+                  config: ComparisonConfig | None = None, *, seeds=(0,), lrs=None, results_dir: str | Path,
+                  resume: bool = True, progress: bool = True) -> list[dict]:
+    """:func:`compare` with every seed of ``seeds``, each method's learning rate chosen from ``lrs``.
+
+    ``make_loaders(seed)`` gives (train, val, test) for a seed: the seed changes the order and augmentation of the
+    training batches and every random initialisation (branches, from-scratch weights), never the baseline or the
+    split. With the first seed every method that starts from the baseline runs at every learning rate of ``lrs``
+    (None: ``config.lr`` alone); the one with the best validation accuracy is its choice (``autopruner_scratch``
+    takes ``autopruner``'s), and the other seeds run at it. The :data:`FROM_SCRATCH` arms train at
+    ``config.scratch_lr`` and run once per seed (in the folder of ``config.lr``). Results go to
+    ``results_dir/seed<seed>_lr<lr>/``. Rows are :func:`compare`'s with ``seed``, ``lr`` (the rate the arm trained
+    at) and ``chosen`` (whether it is the method's choice at that fraction).
+    """
+    config = config or ComparisonConfig()
+    methods, seeds, lrs = check_methods(methods), list(seeds), list(lrs or [config.lr])
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct and at least one, got {seeds}")
+    if any(not 0 < lr < 10 for lr in lrs):
+        raise ValueError(f"learning rates must be in (0, 10), got {lrs}")
+    for lr in lrs:  # every setting is checked before the first arm runs
+        replace(config, lr=lr).validate(methods)
+
+    def run(seed, lr, fractions, group):
+        found = compare(baseline, make_loaders(seed), input_shape, fractions, group, replace(config, lr=lr),
+                        results_dir=Path(results_dir) / f"seed{seed}_lr{lr:g}", resume=resume, seed=seed,
+                        progress=progress)
+        return [{**row, "seed": seed, "lr": lr} for row in found]
+
+    tuned = [m for m in methods if m not in FROM_SCRATCH]
+    scratch = [m for m in methods if m in FROM_SCRATCH]
+    first = [row for lr in lrs for row in (run(seeds[0], lr, fractions, tuned) if tuned else [])]
+    best: dict[tuple, dict] = {}
+    for row in first:
+        key = (row["fraction"], row["method"])
+        if row["method"] != "autopruner_scratch" and (key not in best or row["val_acc"] > best[key]["val_acc"]):
+            best[key] = row
+
+    def lr_of(fraction, method):  # autopruner_scratch retrains autopruner's architecture: it takes autopruner's
+        return best[(fraction, "autopruner" if method == "autopruner_scratch" else method)]["lr"]
+
+    rows = [{**row, "chosen": row["lr"] == lr_of(row["fraction"], row["method"])} for row in first]
+    for seed in seeds:
+        rows += [{**row, "lr": config.scratch_lr, "chosen": True}  # the rate they train at
+                 for row in (run(seed, config.lr, fractions, scratch) if scratch else [])]
+        if seed == seeds[0]:
+            continue
+        for fraction in fractions:
+            for lr in dict.fromkeys(lr_of(fraction, m) for m in tuned):
+                group = [m for m in tuned if lr_of(fraction, m) == lr]
+                rows += [{**row, "chosen": True} for row in run(seed, lr, [fraction], group)]
+    return rows
+
+
+def _chosen_by_arm(rows: list[dict]) -> dict[tuple, list[dict]]:
+    arms: dict[tuple, list[dict]] = {}
+    for row in rows:
+        if row.get("chosen", True):
+            arms.setdefault((row["fraction"], row["method"]), []).append(row)
+    return arms
+
+
+def _spread(values: list[float]) -> float | None:
+    return statistics.stdev(values) if len(values) > 1 else None
+
+
+def seed_summary(rows: list[dict]) -> list[dict]:
+    """One row per (fraction, method) at its chosen learning rate: ``val_acc``, ``test_acc``, ``params``, ``macs``
+    and ``train_seconds`` as means over the seeds, ``val_std`` and ``test_std`` (sample standard deviations; None
+    with one seed), the seeds' test accuracies, and the learning rates tried with the first seed's validation
+    accuracy at each (``lr_val``)."""
+    table = []
+    for (fraction, method), runs in _chosen_by_arm(rows).items():
+        tried = {r["lr"]: r["val_acc"] for r in rows if (r["fraction"], r["method"]) == (fraction, method)
+                 and r.get("seed") == runs[0].get("seed") and "lr" in r}
+        mean = {key: statistics.fmean(r[key] for r in runs) for key in ("val_acc", "test_acc", "params", "macs",
+                                                                        "train_seconds")}
+        table.append({"fraction": fraction, "method": method, "lr": runs[0].get("lr"), "seeds": len(runs), **mean,
+                      "val_std": _spread([r["val_acc"] for r in runs]),
+                      "test_std": _spread([r["test_acc"] for r in runs]),
+                      "test_values": [r["test_acc"] for r in runs], "lr_val": tried,
+                      **({"widths": runs[0]["widths"]} if "widths" in runs[0] else {})})
+    return table
+
+
+def paired_differences(rows: list[dict], method: str = "branches", others=None) -> list[dict]:
+    """At each fraction, ``method`` minus each other method (or those in ``others``), seed by seed over the seeds
+    both ran at their chosen learning rates: mean and standard deviation of the test and validation differences."""
+    arms = _chosen_by_arm(rows)
+    table = []
+    for (fraction, name), own in arms.items():
+        if name != method:
+            continue
+        mine = {r["seed"]: r for r in own}
+        for (other_fraction, other), theirs in arms.items():
+            if other_fraction != fraction or other == method or (others is not None and other not in others):
+                continue
+            pairs = [(mine[r["seed"]], r) for r in theirs if r["seed"] in mine]
+            if not pairs:
+                continue
+            test = [a["test_acc"] - b["test_acc"] for a, b in pairs]
+            val = [a["val_acc"] - b["val_acc"] for a, b in pairs]
+            table.append({"fraction": fraction, "method": method, "other": other, "seeds": len(pairs),
+                          "test_diff": statistics.fmean(test), "test_diff_std": _spread(test), "test_diffs": test,
+                          "val_diff": statistics.fmean(val), "val_diff_std": _spread(val)})
+    return table
 
 
 def arm_identity(baseline: nn.Module, loaders, config, seed: int) -> dict:
