@@ -5,6 +5,7 @@ import pruning_utils as pu
 from pruning_utils.config import seed_everything
 from pruning_utils.engine import data, models
 from pruning_utils.engine.train import evaluate
+from pruning_utils.harness import plots
 from pruning_utils.method import branches, pipeline, pruning, schedules
 
 
@@ -197,3 +198,23 @@ def test_staggered_ramp_moves_the_deepest_unit_first_and_ends_all_at_zero():
         pu.PruneConfig(alpha_order="random").validate("classification")
     with pytest.raises(ValueError, match="alpha_stagger"):
         pu.PruneConfig(alpha_stagger=1.0).validate("classification")
+
+
+def test_validations_inside_the_ramp_follow_alpha_and_change_nothing():
+    runs = {}
+    for checks in (0, 3):
+        model = _branched()
+        train, val = _loaders(n=96)
+        history = pu.prune(model, train, val, schedules.ramp("linear", 1, 1), progress=False, ramp_checks=checks)
+        runs[checks] = (model, history)
+    (plain, plain_history), (checked, history) = runs[0], runs[3]
+    for a, b in zip(plain.state_dict().values(), checked.state_dict().values()):
+        assert torch.equal(a, b)  # the validations took nothing from the training
+    assert "checks" not in plain_history[0] and "checks" not in history[1]  # none at constant alpha
+    points = history[0]["checks"]
+    assert [p["epoch"] for p in points] == pytest.approx([0, 2 / 6, 4 / 6])  # 6 batches, one check every 2
+    assert [p["alpha"] for p in points] == pytest.approx([1.0, 2 / 3, 1 / 3]) and 0 <= points[-1]["val_acc"] <= 100
+    assert all(0 <= h["train_acc"] <= 100 for h in history)
+    path = plots.alpha_path(history)  # the curves' alpha: step by step in the ramp, flat at alpha 0 after it
+    expected = [(0, 1.0), (1 / 3, 2 / 3), (2 / 3, 1 / 3), (1, 0.0), (1, 0.0), (2, 0.0)]
+    assert [x for point in path for x in point] == pytest.approx([x for point in expected for x in point])

@@ -46,3 +46,25 @@ def test_reconstruction_rows_are_labelled_with_their_psnr(tmp_path):
     labels = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
     mse = torch.nn.functional.mse_loss((original + 0.1).clamp(0, 1), original).item()
     assert labels == ["original", f"noisy\n{10 * math.log10(1 / mse):.1f} dB"]
+
+
+def test_stage_mode_shows_the_weights_trained_at_the_nearest_alpha(branched, tmp_path):
+    from pruning_utils.engine import data
+    from pruning_utils.method import schedules
+    from pruning_utils.method.pruning import load_stage
+
+    photos = torch.randint(0, 256, (8, 3, 128, 128), dtype=torch.uint8)
+    train, val = data.BatchLoader(photos, None, 4, shuffle=True), data.BatchLoader(photos[:4], None, 4)
+    pu.set_alpha(branched, 1.0)
+    pu.prune(branched, train, val, schedules.make_schedule("explicit", 1, values=[0.6, 0.0]), task="reconstruction",
+             checkpoint_dir=tmp_path, progress=False)
+    images = photos[:2].float() / 255
+    box = alpha_explorer(branched, images, alpha=0.55, checkpoint_dir=tmp_path)
+    final = box.reconstruction.value
+    assert box.caption.value == "final weights"
+    box.mode.value = "as trained at this alpha"
+    assert box.caption.value == "weights after stage 0 (trained to alpha 0.60)" and box.reconstruction.value != final
+    assert box.reconstruction.value == to_png(outputs_at_alpha(load_stage(branched, tmp_path, 0), images[:1], 0.55)[0])
+    box.slider.value = 0.1
+    assert box.caption.value.startswith("weights after stage 1")
+    assert "as trained at this alpha" not in alpha_explorer(branched, images).mode.options  # no run given

@@ -79,8 +79,10 @@ class NonFiniteLossError(FloatingPointError):
 def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                 loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
                 scheduler=None, before_step: Callable[[], None] | None = None, progress: bool = True,
-                description: str = "train", speed: Speed = PLAIN, check_every: int | None = None) -> dict[str, float]:
-    """One pass over ``loader``. ``loss_fn(model, x, y)`` returns (loss, output).
+                description: str = "train", speed: Speed = PLAIN, check_every: int | None = None,
+                task: str | Task | None = None) -> dict[str, float]:
+    """One pass over ``loader``. ``loss_fn(model, x, y)`` returns (loss, output). With a classification ``task``
+    the result also has ``acc``: the training accuracy of the outputs the steps computed (weights moving).
 
     ``before_step`` runs before every batch (the pruning loop moves alpha there). ``speed``: memory format and
     autocast of the forward and loss. Raises NonFiniteLossError on a NaN or infinite loss, found by reading the
@@ -89,7 +91,8 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
     bad loss may then have been applied; ``fit`` writes no checkpoint of that epoch, ``prune`` rolls the stage back).
     """
     model.train()
-    total, count = 0.0, 0  # the running sum stays on the device between reads
+    scored = task is not None and get_task(task).metric == "acc"
+    total, correct, count = 0.0, 0, 0  # the running sums stay on the device between reads
     batches = len(loader) if hasattr(loader, "__len__") else None
     bar = tqdm(loader, desc=description, leave=False, disable=not show_progress(progress))
     for index, (x, y) in enumerate(bar, start=1):
@@ -97,8 +100,10 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
             before_step()
         x = speed.inputs(x)
         with speed.autocast(x):
-            loss, _ = loss_fn(model, x, y)
+            loss, output = loss_fn(model, x, y)
         total = total + loss.detach().float() * len(x)
+        if scored:
+            correct = correct + (output.detach().argmax(1) == y).sum()
         count += len(x)
         every = check_every or (1 if x.device.type == "cpu" else 50)
         if index % every == 0 or index == batches:
@@ -110,7 +115,8 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
         if steps_per_batch(scheduler):
             scheduler.step()
     _check_finite(total, count, description)
-    return {"loss": float(total) / max(count, 1)}
+    result = {"loss": float(total) / max(count, 1)}
+    return {**result, "acc": 100.0 * float(correct) / max(count, 1)} if scored else result
 
 
 def _check_finite(total: torch.Tensor | float, count: int, description: str) -> None:
@@ -216,11 +222,12 @@ def fit(model: nn.Module, train_loader, val_loader, *, task: str | Task, epochs:
     for epoch in bar:
         start = time.perf_counter()
         train = train_epoch(net, shards, opt, loss_fn, sched, progress=progress, description=f"epoch {epoch + 1}",
-                            speed=speed)
+                            speed=speed, task=task)
         val = evaluate(model, val_loader, task, speed)
         if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
             sched.step(val["loss"])
-        record = {"epoch": epoch + 1, "train_loss": train["loss"], **{f"val_{k}": v for k, v in val.items()},
+        record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in train.items()},
+                  **{f"val_{k}": v for k, v in val.items()},
                   "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
         history.append(record)
         bar.set_postfix({k: round(v, 4) for k, v in record.items() if k.startswith("val_")})

@@ -48,24 +48,42 @@ def plot_training_curves(history: list[dict], metric: str, title: str = "", path
 
 def plot_pruning_curves(runs: dict[str, list[dict]], metric: str, baseline: float | None = None,
                         title: str = "", path=None):
-    """Validation metric per epoch of each pruning run, with alpha below (report 8's figure 2 style)."""
+    """Validation metric of each pruning run at every epoch's end (markers) and at the checks inside the epochs
+    where alpha moves (small dots, on a validation subset), the training metric where recorded (dashed); alpha
+    below, as it moved step by step (report 8's figure 2 style)."""
     fig, (ax, ax_alpha) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     for i, (label, history) in enumerate(runs.items()):
         rows = [h for h in history if h.get("phase") != "bn_recalibrated"]
-        epochs = [h["epoch"] for h in rows]
-        ax.plot(epochs, [h[f"val_{metric}"] for h in rows], marker="o", ms=3, color=f"C{i}", label=label)
-        ax_alpha.plot(epochs, [h["alpha"] for h in rows], color=f"C{i}", drawstyle="steps-post")
+        ax.plot([h["epoch"] for h in rows], [h[f"val_{metric}"] for h in rows], marker="o", ms=3, color=f"C{i}",
+                label=label)
+        checks = [c for h in rows for c in h.get("checks", [])]
+        ax.plot([c["epoch"] for c in checks], [c[f"val_{metric}"] for c in checks], ".", ms=3, color=f"C{i}")
+        if all(f"train_{metric}" in h for h in rows):
+            ax.plot([h["epoch"] for h in rows], [h[f"train_{metric}"] for h in rows], ls="--", lw=1, color=f"C{i}",
+                    label=f"{label} (train)")
+        ax_alpha.plot(*zip(*alpha_path(rows)), color=f"C{i}")
         for stage in sorted({h["stage"] for h in rows}):
             first = next(h for h in rows if h["stage"] == stage)
-            ax.axvline(first["epoch"] - 0.5, color="0.9", lw=0.8, zorder=0)
+            ax.axvline(first["epoch"] - 1, color="0.9", lw=0.8, zorder=0)
     if baseline is not None:
         ax.axhline(baseline, color="k", ls="--", lw=1, label="baseline")
     ax.set(ylabel=f"validation {metric}", title=title)
     ax.legend(fontsize=8)
-    ax_alpha.set(xlabel="epoch after the baseline", ylabel="alpha", ylim=(-0.05, 1.05))
+    ax_alpha.set(xlabel="epochs after the baseline", ylabel="alpha", ylim=(-0.05, 1.05))
     fig.tight_layout()
     save(fig, path)
     return fig
+
+
+def alpha_path(history: list[dict]) -> list[tuple[float, float]]:
+    """(epoch, alpha) points of a pruning history as alpha moved: the checks inside the epochs where it moved and
+    every epoch's end; an epoch without checks held its alpha from start to end."""
+    points = []
+    for h in history:
+        inner = [(c["epoch"], c["alpha"]) for c in h.get("checks", [])]
+        points += inner or [(h["epoch"] - 1, h["alpha"])]
+        points.append((h["epoch"], h["alpha"]))
+    return points
 
 
 def plot_reconstructions(rows: dict[str, torch.Tensor], path=None, title: str = "", reference: str = "original"):

@@ -12,6 +12,7 @@ restored from it. Under ``torchrun`` the loop trains with DistributedDataParalle
 from __future__ import annotations
 
 import copy
+import itertools
 import re
 import time
 import warnings
@@ -43,6 +44,8 @@ from .recipe import Recipe
 from .schedules import Stage, total_epochs
 
 STAGE_FILE = re.compile(r"stage_(\d+)\.pt$")
+RAMP_CHECKS = 8  # validations per epoch while alpha moves (on the first RAMP_CHECK_BATCHES validation batches)
+RAMP_CHECK_BATCHES = 8
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,7 +169,8 @@ def _run_settings(recipe: Recipe, schedule: list[Stage], task: Task, model: nn.M
 def prune(model: nn.Module, train_loader, val_loader, schedule: list[Stage] | None = None,
           config: Recipe | None = None, *, epochs: int | None = None, task: str | Task = "classification",
           teacher: nn.Module | None = None, checkpoint_dir: str | Path | None = None, resume: bool | int = True,
-          max_stages: int | None = None, progress: bool = True, speed: Speed = PLAIN, loss_fn=None) -> list[dict]:
+          max_stages: int | None = None, progress: bool = True, speed: Speed = PLAIN, loss_fn=None,
+          ramp_checks: int = RAMP_CHECKS) -> list[dict]:
     """Train ``model`` (with branches attached) through an alpha schedule; return the per-epoch history.
 
     ``config``: the :class:`~pruning_utils.method.recipe.Recipe` (default: the best one measured); ``schedule``: the
@@ -180,8 +184,12 @@ def prune(model: nn.Module, train_loader, val_loader, schedule: list[Stage] | No
     bf16 autocast and torch.compile of the loops (:class:`~pruning_utils.engine.speed.Speed`). Under ``torchrun``
     it trains with DistributedDataParallel (:mod:`pruning_utils.engine.distributed`); alpha follows the same steps
     on every rank. ``loss_fn(model, x, y) -> (loss, output)`` replaces the recipe's loss (its ``repr`` goes into
-    the checkpoints' settings: give it one that names its settings, e.g. a dataclass). Raises
-    :class:`PruningFailedError` when the run ends with no epoch trained at alpha = 0.
+    the checkpoints' settings: give it one that names its settings, e.g. a dataclass). Each epoch's record has
+    ``train_loss`` (and ``train_acc`` for classification: of the outputs the training steps computed); an epoch in
+    which alpha moves also has ``checks``, ``ramp_checks`` validations spread over it, each with the fractional
+    epoch, alpha and the validation loss and metric on the first :data:`RAMP_CHECK_BATCHES` batches (0: none; they
+    do not change the training). Raises :class:`PruningFailedError` when the run ends with no epoch trained at
+    alpha = 0.
     """
     task = get_task(task)
     recipe = (config or Recipe()).for_task(task)
@@ -243,7 +251,7 @@ def prune(model: nn.Module, train_loader, val_loader, schedule: list[Stage] | No
             stage_sched = sched
         history += _run_stage(net, stage, index=index, restart=restart, optimizer=opt, scheduler=stage_sched,
                               loss_fn=loss_fn, loaders=(shards, val_loader), task=task, recipe=recipe, best=best,
-                              progress=progress, epochs_before=len(history), speed=speed)
+                              progress=progress, epochs_before=len(history), speed=speed, ramp_checks=ramp_checks)
         done += 1
         if checkpoint_dir is not None:
             save_checkpoint(Path(checkpoint_dir) / f"stage_{index:02d}.pt", alpha=get_alpha(model), best=best,
@@ -266,6 +274,11 @@ def prune(model: nn.Module, train_loader, val_loader, schedule: list[Stage] | No
     return history
 
 
+def _mean_alpha(model: nn.Module) -> float:
+    alpha = get_alpha(model)
+    return alpha if isinstance(alpha, float) else sum(alpha.values()) / len(alpha)
+
+
 def unit_alphas(stage: Stage, fraction: float, units: list[str], config: Recipe) -> float | dict[str, float]:
     """Alpha after ``fraction`` of a ramp stage: one value for all ``units`` (in model order), or, with a staggered
     ``config.alpha_order``, one per unit, each ramping over ``1 - alpha_stagger`` of the stage, the deepest (or the
@@ -280,20 +293,27 @@ def unit_alphas(stage: Stage, fraction: float, units: list[str], config: Recipe)
 
 def _run_stage(model, stage: Stage, *, index: int, restart: bool, optimizer, scheduler, loss_fn, loaders,
                task: Task, recipe: Recipe, best: dict, progress: bool, epochs_before: int,
-               speed: Speed = PLAIN) -> list[dict]:
+               speed: Speed = PLAIN, ramp_checks: int = RAMP_CHECKS) -> list[dict]:
     """Train one stage; update ``best`` (the best alpha = 0 weights) in place; return its history.
     ``loaders``: (train, validation)."""
     train_loader, val_loader = loaders
     metric = f"val_{task.metric}"
-    steps = stage.epochs * len(train_loader)
+    per_epoch = len(train_loader)
+    steps = stage.epochs * per_epoch
     step = 0
     units = list(branched_units(model))
     set_alpha(model, stage.start)
+    check_every = max(1, per_epoch // ramp_checks) if ramp_checks and stage.shape != "constant" else None
+    checks: list[dict] = []
+    check_batches = list(itertools.islice(val_loader, RAMP_CHECK_BATCHES)) if check_every else []
 
     def move_alpha():
         nonlocal step
         if stage.shape != "constant":
             set_alpha(model, unit_alphas(stage, step / steps, units, recipe))
+        if check_every and step % check_every == 0:
+            checks.append({"epoch": epochs_before + step / per_epoch, "alpha": _mean_alpha(model),
+                           **{f"val_{k}": v for k, v in evaluate(model, check_batches, task, speed).items()}})
         step += 1
 
     records: list[dict] = []
@@ -306,7 +326,7 @@ def _run_stage(model, stage: Stage, *, index: int, restart: bool, optimizer, sch
         start = time.perf_counter()
         try:
             train = train_epoch(model, train_loader, optimizer, loss_fn, scheduler if steps_per_batch(scheduler) else None,
-                                before_step=move_alpha, progress=progress, speed=speed,
+                                before_step=move_alpha, progress=progress, speed=speed, task=task,
                                 description=f"epoch {epochs_before + len(records) + 1}")
         except NonFiniteLossError as err:
             warnings.warn(f"{err}; stage {index} stopped and rolled back to its best weights "
@@ -320,11 +340,12 @@ def _run_stage(model, stage: Stage, *, index: int, restart: bool, optimizer, sch
         val = evaluate(model, val_loader, task, speed)
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler.step(val["loss"])
-        alpha = get_alpha(model)
         record = {"epoch": epochs_before + len(records) + 1, "stage": index, "phase": phase,
-                  "alpha": alpha if isinstance(alpha, float) else sum(alpha.values()) / len(alpha),
-                  "lr": optimizer.param_groups[0]["lr"], "train_loss": train["loss"],
-                  **{f"val_{k}": v for k, v in val.items()}, "seconds": time.perf_counter() - start}
+                  "alpha": _mean_alpha(model), "lr": optimizer.param_groups[0]["lr"],
+                  **{f"train_{k}": v for k, v in train.items()}, **{f"val_{k}": v for k, v in val.items()},
+                  "seconds": time.perf_counter() - start}
+        if checks:
+            record["checks"], checks[:] = list(checks), []
         records.append(record)
         bar.set_postfix(alpha=f"{record['alpha']:.3f}", **{metric: f"{record[metric]:.3f}"})
         if val["loss"] < stage_best["loss"]:

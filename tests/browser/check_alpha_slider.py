@@ -1,18 +1,11 @@
-"""Manual browser check (not collected by pytest): the alpha slider really renders and responds in JupyterLab.
+"""The alpha slider really renders and responds in JupyterLab, driven in headless Chromium.
 
-Drives JupyterLab in headless Chromium: runs a notebook's one cell that displays ``alpha_explorer``, drags the
-slider to alpha 0, switches the image, checks that the readout and the images changed, saves three screenshots
-and ``check_log.json`` into ``OUT``. Set-up (Debian's chromium, playwright from PyPI in its own venv):
-
-    apt-get install -y chromium && python3 -m venv /tmp/browser-venv && /tmp/browser-venv/bin/pip install playwright
-    mkdir -p /tmp/slidercheck   # put slider.ipynb there, one cell:
-        # import torch; import pruning_utils as pu; from pruning_utils.engine.models import RGBAutoencoder
-        # from pruning_utils.harness.widgets import alpha_explorer; torch.manual_seed(0)
-        # model = RGBAutoencoder(width=0.0625); pu.attach_branches(model, 0.35, include=["encoder"], init="he")
-        # alpha_explorer(model, torch.rand(2, 3, 128, 128), ["noise A", "noise B"], alpha=1.0)
-    .venv/bin/jupyter lab --no-browser --allow-root --ip 127.0.0.1 --port 8899 \
-        --IdentityProvider.token=slidertoken --ServerApp.root_dir=/tmp/slidercheck &
-    /tmp/browser-venv/bin/python tests/browser/check_alpha_slider.py
+:func:`drive` runs a notebook's one cell that displays ``alpha_explorer`` (its slider starting at alpha 1 and its
+image chooser on the first of two labels), drags the slider to alpha 0, switches the image, and returns what it saw
+(readouts, image digests, the checks, screenshots in ``out``). ``tests/test_browser.py`` runs it in the test suite
+on a server of its own; run by hand (``python tests/browser/check_alpha_slider.py URL OUT FIRST SECOND``) it
+records the screenshots of a notebook of your choice, e.g. a trained model on real photos. It needs Debian's
+Chromium (``apt-get install -y chromium``) and playwright from PyPI (the dev extra; no ``playwright install``).
 """
 import json
 import sys
@@ -20,8 +13,6 @@ import time
 
 from playwright.sync_api import sync_playwright
 
-URL = "http://127.0.0.1:8899/lab/tree/slider.ipynb?token=slidertoken"
-OUT = "/tmp/slidercheck"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -47,19 +38,21 @@ def state(page):
     }
 
 
-def shot(page, name):
+def shot(page, out, name):
     page.wait_for_timeout(1500)
-    page.locator(".jp-NotebookPanel").first.screenshot(path=f"{OUT}/{name}.png")
+    page.locator(".jp-NotebookPanel").first.screenshot(path=f"{out}/{name}.png")
 
 
-def main():
+def drive(url: str, out: str, first: str, second: str, chromium: str = "/usr/bin/chromium") -> dict:
+    """Open ``url`` (a one-cell notebook in JupyterLab), run the cell and work the widget; return the log with
+    its ``checks`` ({what: passed}); screenshots and ``check_log.json`` go to ``out``."""
     log, console = {}, []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 860})
         page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
         page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
-        page.goto(URL)
+        page.goto(url)
         page.wait_for_selector(".jp-Notebook .jp-Cell .cm-content", timeout=120_000)
         # wait for the kernel to be idle before running
         page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
@@ -78,7 +71,7 @@ def main():
                                ".every(i => i.complete && i.naturalWidth > 0)", timeout=60_000)
         log["render_seconds"] = round(time.time() - t0, 1)
         log["before"] = state(page)
-        shot(page, "shot1_alpha1")
+        shot(page, out, "shot1_alpha1")
 
         # drag the slider handle to the far left end of the track (alpha 0)
         handle = page.locator(".widget-slider .noUi-handle").first
@@ -96,16 +89,16 @@ def main():
             timeout=60_000)
         page.wait_for_timeout(2000)  # let continuous_update redraws settle
         log["after_slider"] = state(page)
-        shot(page, "shot2_alpha0")
+        shot(page, out, "shot2_alpha0")
 
-        page.locator(".widget-dropdown select").first.select_option(label="noise B")
+        page.locator(".widget-dropdown select").first.select_option(label=second)
         orig_before = log["after_slider"]["images"][0]["src"]
         page.wait_for_function(
             f"[...document.querySelectorAll('.jp-OutputArea-output img.widget-image')][0].src != {json.dumps(orig_before)}",
             timeout=60_000)
         page.wait_for_timeout(2000)
         log["after_dropdown"] = state(page)
-        shot(page, "shot3_noiseB")
+        shot(page, out, "shot3_second_image")
 
         log["stderr_outputs"] = page.locator(
             ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").all_inner_texts()
@@ -119,17 +112,18 @@ def main():
         "reconstruction src changed (slider)": b["images"][1]["src"] != a["images"][1]["src"],
         "reconstruction bytes changed (slider)": b["images"][1]["sha"] != a["images"][1]["sha"],
         "original unchanged (slider)": b["images"][0]["sha"] == a["images"][0]["sha"],
-        "dropdown noise A -> noise B": b["dropdown"] == "noise A" and d["dropdown"] == "noise B",
+        f"dropdown {first} -> {second}": b["dropdown"] == first and d["dropdown"] == second,
         "original bytes changed (dropdown)": a["images"][0]["sha"] != d["images"][0]["sha"],
         "reconstruction bytes changed (dropdown)": a["images"][1]["sha"] != d["images"][1]["sha"],
     }
     log["checks"] = checks
     log["console"] = console
-    print(json.dumps(log, indent=1))
-    with open(f"{OUT}/check_log.json", "w") as f:
+    with open(f"{out}/check_log.json", "w") as f:
         json.dump(log, f, indent=1)
-    sys.exit(0 if all(checks.values()) else 1)
+    return log
 
 
 if __name__ == "__main__":
-    main()
+    result = drive(*sys.argv[1:5])
+    print(json.dumps(result, indent=1))
+    sys.exit(0 if all(result["checks"].values()) else 1)
