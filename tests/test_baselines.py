@@ -324,3 +324,19 @@ def test_compare_seeds_chooses_each_learning_rate_on_the_first_seed(tmp_path, mo
         comparison.compare_seeds(model, None, shape, [0.35], ["scratch"], seeds=[1, 1], results_dir=tmp_path)
     with pytest.raises(ValueError, match="learning rates"):
         comparison.compare_seeds(model, None, shape, [0.35], ["scratch"], lrs=[-0.1], results_dir=tmp_path)
+
+
+def test_branches_on_autopruners_widths_share_its_budget_and_epochs(digits, tmp_path):
+    loaders, shape = digits
+    protocol = comparison.ComparisonConfig(epochs=3, autopruner_epochs=1, recipe=Recipe(ramp_epochs=1))
+    rows = {r["method"]: r for r in comparison.compare(small_vgg(), loaders, shape, [0.35],
+                                                       ["branches_autopruner", "autopruner"], protocol,
+                                                       results_dir=tmp_path, progress=False)}
+    ours, found = rows["branches_autopruner"], rows["autopruner"]
+    assert ours["widths"] == found["widths"] and ours["params"] == found["params"]
+    assert ours["epochs"] == found["epochs"] == 3 and ours["fold_relative_max_difference"] <= 1e-5
+    with pytest.raises(ValueError, match="list 'autopruner' too"):
+        comparison.check_methods(["branches_autopruner"])
+    with pytest.raises(ValueError, match="ramp_epochs"):  # the branches' two epochs cannot hold a 2-epoch ramp
+        comparison.ComparisonConfig(epochs=3, autopruner_epochs=1, recipe=Recipe(ramp_epochs=2)).validate(
+            ["autopruner", "branches_autopruner"])

@@ -12,6 +12,8 @@ left. The methods (:data:`METHODS`):
   projection of the unit's own, shared layer), the same widths;
 * ``branches_global``: ``branches`` with widths per unit from one global L1 criterion
   (:func:`~pruning_utils.method.budget.global_keep_ratios`) for the same parameter budget;
+* ``branches_autopruner``: ``branches`` with the widths per unit that AutoPruner's search learned (the
+  ``autopruner`` arm's), for the epochs left after that search (the same total);
 * ``torch_pruning_l1``: Torch-Pruning's L1 filter pruning to the same widths, then fine-tuning;
   ``torch_pruning_l1_global`` the same to the widths of ``branches_global``;
 * ``magnitude_finetune`` / ``magnitude_rewind``: iterative global magnitude pruning (unstructured) to the
@@ -51,9 +53,10 @@ from . import baselines
 
 METHODS = ("branches", "branches_internal", "branches_projection", "branches_global", "torch_pruning_l1",
            "torch_pruning_l1_global", "magnitude_finetune", "magnitude_rewind", "autopruner", "autopruner_scratch",
-           "scratch", "global_scratch")
+           "branches_autopruner", "scratch", "global_scratch")
 STRUCTURED = ("torch_pruning_l1", "torch_pruning_l1_global", "autopruner")  # structured, from the baseline
 FROM_SCRATCH = ("scratch", "global_scratch")  # trained at ``scratch_lr``: no pruning learning rate to choose
+NEEDS_AUTOPRUNER = ("autopruner_scratch", "branches_autopruner")  # they take the autopruner arm's widths
 
 
 @dataclass
@@ -78,9 +81,11 @@ class ComparisonConfig:
             raise ValueError(f"epochs and scratch_epochs must be at least 1, got {self.epochs} and "
                              f"{self.scratch_epochs}")
         self.branch_recipe().check(self.epochs)
-        if "autopruner" in methods and not 0 < self.autopruner_epochs < self.epochs:
+        if set(methods) & {"autopruner", *NEEDS_AUTOPRUNER} and not 0 < self.autopruner_epochs < self.epochs:
             raise ValueError(f"autopruner_epochs must leave fine-tuning epochs: in [1, {self.epochs - 1}], "
                              f"got {self.autopruner_epochs}")
+        if "branches_autopruner" in methods:  # the branches train for the epochs the search leaves
+            self.branch_recipe().check(self.epochs - self.autopruner_epochs)
 
     def branch_recipe(self) -> Recipe:
         """The branches' recipe under this protocol: its learning rate and weight decay are the protocol's."""
@@ -92,8 +97,9 @@ def check_methods(methods) -> list[str]:
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
-    if "autopruner_scratch" in methods and "autopruner" not in methods:
-        raise ValueError("'autopruner_scratch' retrains the architecture 'autopruner' finds: list 'autopruner' too")
+    dependent = [m for m in NEEDS_AUTOPRUNER if m in methods]
+    if dependent and "autopruner" not in methods:
+        raise ValueError(f"{dependent} take the widths 'autopruner' finds: list 'autopruner' too")
     return [m for m in METHODS if m in methods]
 
 
@@ -129,10 +135,11 @@ def _fine_tune(model: nn.Module, arm: Arm, *, epochs: int, lr: float, checkpoint
     return epochs
 
 
-def _prune_with_branches(arm: Arm, keep_ratio: float, *, shared_selection: bool, name: str, **recipe_changes):
+def _prune_with_branches(arm: Arm, keep_ratio: float, *, shared_selection: bool, name: str, epochs: int | None = None,
+                         **recipe_changes):
     result = prune_and_fold(arm.baseline, keep_ratio, arm.loaders,
                             recipe=arm.config.branch_recipe().with_changes(**recipe_changes),
-                            epochs=arm.config.epochs, task=CLASSIFICATION, input_shape=arm.input_shape,
+                            epochs=epochs or arm.config.epochs, task=CLASSIFICATION, input_shape=arm.input_shape,
                             shared_selection=shared_selection, checkpoint_dir=arm.checkpoint(name),
                             progress=arm.progress)
     return result.folded, result.metrics["epochs"], {
@@ -172,6 +179,16 @@ def _branches_global(arm: Arm):
     ratios = _global_ratios(arm)
     model, epochs, extra = _prune_with_branches(arm, ratios, shared_selection=True, name="branches_global")
     return model, epochs, {**extra, "widths": _widths(arm, ratios)}
+
+
+def _branches_autopruner(arm: Arm):
+    channels = {e["name"]: e["channels"] for e in branch_plan(arm.baseline, 1.0) if e["kind"] != "left alone"}
+    widths = arm.found["widths"]
+    ratios = {name: (k + 0.5) / channels[name] for name, k in widths.items()}  # floor(ratio * C) = k
+    epochs = arm.config.epochs - arm.config.autopruner_epochs
+    model, trained, extra = _prune_with_branches(arm, ratios, shared_selection=True, name="branches_autopruner",
+                                                 epochs=epochs)
+    return model, arm.config.autopruner_epochs + trained, {**extra, "widths": dict(widths)}
 
 
 def _torch_pruning(arm: Arm, ratios=None, name: str = "torch_pruning_l1"):
@@ -227,7 +244,8 @@ def _from_scratch(method: str):
 
 
 ARMS = {"branches": _branches, "branches_internal": _branches_internal, "branches_projection": _branches_projection,
-        "branches_global": _branches_global, "torch_pruning_l1": _torch_pruning,
+        "branches_global": _branches_global, "branches_autopruner": _branches_autopruner,
+        "torch_pruning_l1": _torch_pruning,
         "torch_pruning_l1_global": _torch_pruning_global, "magnitude_finetune": _magnitude("finetune"),
         "magnitude_rewind": _magnitude("rewind"), "autopruner": _autopruner,
         "autopruner_scratch": _from_scratch("autopruner_scratch"), "scratch": _from_scratch("scratch"),
@@ -313,8 +331,8 @@ def compare_seeds(baseline: nn.Module, make_loaders, input_shape, fractions, met
     ``make_loaders(seed)`` gives (train, val, test) for a seed: the seed changes the order and augmentation of the
     training batches and every random initialisation (branches, from-scratch weights), never the baseline or the
     split. With the first seed every method that starts from the baseline runs at every learning rate of ``lrs``
-    (None: ``config.lr`` alone); the one with the best validation accuracy is its choice (``autopruner_scratch``
-    takes ``autopruner``'s), and the other seeds run at it. The :data:`FROM_SCRATCH` arms train at
+    (None: ``config.lr`` alone); the one with the best validation accuracy is its choice (the arms of
+    :data:`NEEDS_AUTOPRUNER` take ``autopruner``'s), and the other seeds run at it. The :data:`FROM_SCRATCH` arms train at
     ``config.scratch_lr`` and run once per seed (in the folder of ``config.lr``). Results go to
     ``results_dir/seed<seed>_lr<lr>/``. Rows are :func:`compare`'s with ``seed``, ``lr`` (the rate the arm trained
     at) and ``chosen`` (whether it is the method's choice at that fraction).
@@ -340,11 +358,11 @@ def compare_seeds(baseline: nn.Module, make_loaders, input_shape, fractions, met
     best: dict[tuple, dict] = {}
     for row in first:
         key = (row["fraction"], row["method"])
-        if row["method"] != "autopruner_scratch" and (key not in best or row["val_acc"] > best[key]["val_acc"]):
+        if row["method"] not in NEEDS_AUTOPRUNER and (key not in best or row["val_acc"] > best[key]["val_acc"]):
             best[key] = row
 
-    def lr_of(fraction, method):  # autopruner_scratch retrains autopruner's architecture: it takes autopruner's
-        return best[(fraction, "autopruner" if method == "autopruner_scratch" else method)]["lr"]
+    def lr_of(fraction, method):  # the arms on autopruner's widths take its learning rate
+        return best[(fraction, "autopruner" if method in NEEDS_AUTOPRUNER else method)]["lr"]
 
     rows = [{**row, "chosen": row["lr"] == lr_of(row["fraction"], row["method"])} for row in first]
     for seed in seeds:
