@@ -139,3 +139,14 @@ def test_resnets_fold_their_residual_channels_too(kind):
     assert {r["variant"] for r in rows} == set(bench.VARIANTS) and all(r["cpu_s_per_image"] > 0 for r in rows)
     with pytest.raises(ValueError, match="one width"):
         bench.original_model("resnet18", width=0.5)
+
+
+def test_the_autoencoder_runs_at_its_own_keep_ratio():
+    rows = bench.run(["vgg16", "autoencoder"], device="cpu", ae_keep_ratio=0.35, **{**TINY, "batch_sizes": [1]})
+    ratios = {r["model"]: r["keep_ratio"] for r in rows}
+    assert ratios == {"vgg16": 0.5, "autoencoder": 0.35}
+    folded = next(r for r in rows if (r["model"], r["variant"]) == ("autoencoder", "folded"))
+    expected = bench.build_variants("autoencoder", 0.0625, 0.35, include=bench.AE_PARTS["encoder"])["folded"]
+    assert folded["params"] == bench.count_parameters(expected)
+    with pytest.raises(ValueError, match="keep"):
+        bench.run(["autoencoder"], ae_keep_ratio=1.5)

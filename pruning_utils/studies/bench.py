@@ -338,23 +338,26 @@ def measure(kind: str, variants: dict[str, nn.Module], batch_sizes, *, devices=(
 
 
 def run(models=("vgg16", "autoencoder"), *, width: float = 1.0, keep_ratio: float = 0.59, ae_part: str = "encoder",
-        batch_sizes=(1, 8, 32), threads: int | None = None, min_run_time: float = 1.0, channel_multiple: int = 1,
-        device: str = "auto", ram: bool = True, fuse_bn: bool = False, channels_last: bool = False, repeats: int = 1,
-        checkpoint: str | Path | None = None, folded_file: str | Path | None = None,
-        by_operator: bool = False) -> list[dict]:
+        ae_keep_ratio: float | None = None, batch_sizes=(1, 8, 32), threads: int | None = None,
+        min_run_time: float = 1.0, channel_multiple: int = 1, device: str = "auto", ram: bool = True,
+        fuse_bn: bool = False, channels_last: bool = False, repeats: int = 1, checkpoint: str | Path | None = None,
+        folded_file: str | Path | None = None, by_operator: bool = False) -> list[dict]:
     """Benchmark every variant of each model; one row per model, variant and batch size.
 
-    ``ae_part``: the autoencoder's units that are pruned (VGG16: all). ``checkpoint`` / ``folded_file`` (one
-    model only): see :func:`build_variants`.
+    ``ae_part``: the autoencoder's units that are pruned (VGG16: all), at ``ae_keep_ratio`` (None: ``keep_ratio``;
+    0.35 is the seeds' 44-channel bottleneck). ``checkpoint`` / ``folded_file`` (one model only): see
+    :func:`build_variants`.
     """
+    ae_keep_ratio = keep_ratio if ae_keep_ratio is None else ae_keep_ratio
     check_settings(models, keep_ratio=keep_ratio, batch_sizes=batch_sizes, threads=threads, min_run_time=min_run_time,
                    repeats=repeats, ae_part=ae_part, one_model_file=bool(checkpoint or folded_file))
+    check_keep_ratio(ae_keep_ratio)
     devices = resolve_devices(device)
-    settings = {"width": width, "keep_ratio": keep_ratio, "channel_multiple": channel_multiple, "fuse_bn": fuse_bn}
     rows = []
     for kind in models:
-        include = AE_PARTS[ae_part] if kind == "autoencoder" else None
-        variants = build_variants(kind, width, keep_ratio, include=include, channel_multiple=channel_multiple,
+        include, ratio = (AE_PARTS[ae_part], ae_keep_ratio) if kind == "autoencoder" else (None, keep_ratio)
+        settings = {"width": width, "keep_ratio": ratio, "channel_multiple": channel_multiple, "fuse_bn": fuse_bn}
+        variants = build_variants(kind, width, ratio, include=include, channel_multiple=channel_multiple,
                                   fuse_bn=fuse_bn, checkpoint=checkpoint, folded_file=folded_file)
         measured = measure(kind, variants, batch_sizes, devices=devices, threads=threads, min_run_time=min_run_time,
                            repeats=repeats, channels_last=channels_last, ram=ram, by_operator=by_operator)
