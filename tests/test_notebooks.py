@@ -21,7 +21,8 @@ TINY = {
                                  "RECIPE": {"ramp_epochs": 1}, "RESUME": False, "INTERACTIVE": False},
     "04_decoder_pruning.ipynb": {"AE_WIDTH": 0.0625, "AE_EPOCHS": 1, "CROPS_PER_PHOTO": 2, "PRUNE_EPOCHS": 4,
                                  "RECIPE": {"ramp_epochs": 1}, "RESUME": False},
-    "06_benchmarking.ipynb": {"WIDTH": 0.0625, "BATCH_SIZES": [1, 2], "MIN_RUN_TIME": 0.01, "THREADS": 1},
+    "06_benchmarking.ipynb": {"WIDTH": 0.0625, "BATCH_SIZES": [1, 2], "MIN_RUN_TIME": 0.01, "THREADS": 1,
+                              "MEASURE_RAM": False},  # peak RAM: tests/test_bench.py
     "05_weight_folding.ipynb": {"SIZE_VGG_WIDTH": 0.25, "SIZE_AE_WIDTH": 0.25, "VGG_WIDTH": 0.0625, "AE_WIDTH": 0.0625,
                                 "PRUNE_EPOCHS": 1},
     "07_comparison.ipynb": {"VGG_WIDTH": 0.0625, "BASELINE_EPOCHS": 1, "EPOCHS": 2,
